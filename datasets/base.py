@@ -1,0 +1,143 @@
+"""What every data set loader returns, and the registry that finds the loader for a spec.
+
+Sample ids are stable integers (a deletion request names them), the input domain is the box the
+preprocessed features live in (verification intersects every L_p ball with it), and the fitted
+preprocessing is recorded so that an exported model carries it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from uverify.errors import DataError
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Per-feature bounds of the preprocessed input, shaped like one sample."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.lower.shape != self.upper.shape or np.any(self.lower > self.upper):
+            raise DataError("input domain: lower and upper bounds disagree in shape or order")
+
+    def contains(self, x: np.ndarray, atol: float = 1e-6) -> np.ndarray:
+        """Per-sample: does every feature of x lie in the box (within atol)?"""
+        flat = x.reshape(len(x), -1)
+        lo, hi = self.lower.reshape(-1), self.upper.reshape(-1)
+        return np.all((flat >= lo - atol) & (flat <= hi + atol), axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.lower.shape),
+            "lower": self.lower.reshape(-1).tolist(),
+            "upper": self.upper.reshape(-1).tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Domain:
+        shape = tuple(obj["shape"])
+        lower = np.asarray(obj["lower"], dtype=np.float32).reshape(shape)
+        upper = np.asarray(obj["upper"], dtype=np.float32).reshape(shape)
+        return cls(lower, upper)
+
+    @classmethod
+    def box(cls, shape: tuple[int, ...], low: float, high: float) -> Domain:
+        return cls(np.full(shape, low, np.float32), np.full(shape, high, np.float32))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One split: ids (int64), features X (float32, N x input_shape), labels y (int64)."""
+
+    name: str
+    ids: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    domain: Domain
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.X) == len(self.y)):
+            raise DataError(f"{self.name}: ids, X and y differ in length")
+        if self.X.dtype != np.float32 or self.y.dtype != np.int64 or self.ids.dtype != np.int64:
+            raise DataError(f"{self.name}: expected float32 X and int64 ids and y")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, mask_or_index: np.ndarray) -> Dataset:
+        return Dataset(
+            self.name,
+            self.ids[mask_or_index],
+            self.X[mask_or_index],
+            self.y[mask_or_index],
+            self.class_names,
+            self.domain,
+            self.preprocessing,
+        )
+
+    def without(self, ids: np.ndarray) -> Dataset:
+        """This split less the given sample ids (a deletion request)."""
+        return self.subset(~np.isin(self.ids, ids))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Dataset
+    test: Dataset
+
+    def split(self, name: str) -> Dataset:
+        return self.train if name == "train" else self.test
+
+
+def stratified_split(
+    n: int, y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified row indices (train, test), each sorted so ids keep their file order."""
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    train_idx, test_idx = train_test_split(
+        np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    return np.sort(train_idx), np.sort(test_idx)
+
+
+Loader = Callable[[Any], Splits]
+_LOADERS: dict[str, str] = {
+    # name -> module; imported on use so that loading one data set never imports another's deps
+    "mixture": "uverify.datasets.mixture",
+    "digits": "uverify.datasets.digits",
+    "loan": "uverify.datasets.loan",
+}
+
+
+def registered() -> list[str]:
+    return list(_LOADERS)
+
+
+def load(data_spec: Any) -> Splits:
+    """Load the data set a spec's `data:` section names; each module exposes `load(spec) -> Splits`."""
+    name = data_spec.dataset
+    if name not in _LOADERS:
+        raise DataError(f"data set {name!r} is not registered (known: {', '.join(_LOADERS)})")
+    module = importlib.import_module(_LOADERS[name])
+    splits: Splits = module.load(data_spec)
+    return splits
