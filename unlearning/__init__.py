@@ -1,0 +1,1 @@
+"""Training (standard, adversarial) and unlearning (SISA, Amnesiac, retraining baseline)."""
