@@ -1,0 +1,476 @@
+"""Lending Club's accepted loans (accepted_2007_to_2018Q4.csv): will a loan default, from what was known
+when it was made?
+
+The file is Lending Club's accepted-loans export, e.g. the Kaggle data set "wordsforthewise/lending-club"
+(151 columns, about 2.26 million rows). It is never downloaded automatically: `spec.path` names the csv,
+its `.csv.gz`, or a folder that holds either.
+
+Target (`loan_status`): "Charged Off", "Default" and "Does not meet the credit policy. Status:Charged
+Off" are class 1 ("default"); "Fully Paid" and "Does not meet the credit policy. Status:Fully Paid" are
+class 0 ("paid"). Every other status (Current, Late, In Grace Period, ...) has no outcome yet and its
+row is dropped, as are the summary rows ("Total amount funded in policy code 1: ...") at the end.
+
+Features: an explicit ALLOWLIST of what is known at origination (the application, the credit report
+pulled for it, and the grade and rate Lending Club assigned). Everything else is excluded, in particular
+every column that is only known after the loan was issued, which would leak the outcome:
+payments and balances (out_prncp*, total_pymnt*, total_rec_*, last_pymnt_*, next_pymnt_d), recoveries
+and collection_recovery_fee, refreshed credit data (last_credit_pull_d, last_fico_range_*), pymnt_plan,
+hardship_* and the hardship-plan dates and amounts, debt_settlement_flag* and settlement_*
+(POST_ORIGINATION lists them). Identifiers and free text (id, member_id, url, desc, emp_title, title,
+zip_code), funding by investors, joint-application and second-applicant columns, and the bureau
+aggregates Lending Club added only from 2012 on are left out too: they are missing for early loans or
+are not signal. issue_d is used only to measure the credit history (months from earliest_cr_line).
+
+Preprocessing is fitted on the TRAIN rows only: numerics are imputed with the train median, then
+standardised and clipped to [-clip, clip]; categoricals are one-hot with the categories seen in train
+(a missing or unseen category is all zeros). Sample ids are the 0-based data-row number in the file
+(preamble and header excluded; dropped rows do not renumber the others), so a deletion request made
+against the file stays valid under any subsample or split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from uverify.datasets.base import Dataset, Domain, Splits, stratified_split
+from uverify.datasets.preprocess import StandardScaler
+from uverify.errors import DataError
+
+FILE_NAME = "accepted_2007_to_2018Q4.csv"
+SOURCE = (
+    "Lending Club's accepted-loans data, e.g. the Kaggle data set 'wordsforthewise/lending-club'"
+)
+CLASS_NAMES = ["paid", "default"]
+TARGET_COLUMN = "loan_status"
+ID_COLUMN = "id"
+TARGET: dict[str, int] = {
+    "Fully Paid": 0,
+    "Does not meet the credit policy. Status:Fully Paid": 0,
+    "Charged Off": 1,
+    "Default": 1,
+    "Does not meet the credit policy. Status:Charged Off": 1,
+}
+PREAMBLE_PREFIX = "Notes offered by Prospectus"
+CHUNK_ROWS = 200_000  # the file is read in chunks so its 2.26M rows of strings never sit in memory
+
+# Numeric features known at origination, each with how its string is parsed.
+NUMBER, TERM, EMP_LENGTH = "number", "term", "emp_length"
+NUMERIC: dict[str, str] = {
+    "loan_amnt": NUMBER,
+    "term": TERM,  # " 36 months"
+    "int_rate": NUMBER,  # 13.56 or "13.56%" (older downloads)
+    "installment": NUMBER,
+    "emp_length": EMP_LENGTH,  # "< 1 year" .. "10+ years", "n/a"
+    "annual_inc": NUMBER,
+    "dti": NUMBER,
+    "delinq_2yrs": NUMBER,
+    "fico_range_low": NUMBER,
+    "fico_range_high": NUMBER,
+    "inq_last_6mths": NUMBER,
+    "mths_since_last_delinq": NUMBER,
+    "mths_since_last_record": NUMBER,
+    "open_acc": NUMBER,
+    "pub_rec": NUMBER,
+    "revol_bal": NUMBER,
+    "revol_util": NUMBER,  # 45.3 or "45.3%"
+    "total_acc": NUMBER,
+    "mort_acc": NUMBER,
+    "pub_rec_bankruptcies": NUMBER,
+}
+# Derived numeric feature: months of credit history at origination, from two "Dec-2015" dates.
+CREDIT_HISTORY = "credit_history_months"
+DATE_SOURCES = ("earliest_cr_line", "issue_d")
+CATEGORICAL = (
+    "grade",
+    "sub_grade",
+    "home_ownership",
+    "verification_status",
+    "purpose",
+    "addr_state",
+    "initial_list_status",
+    "application_type",
+)
+NUMERIC_FEATURES = (*NUMERIC, CREDIT_HISTORY)
+ALLOWLIST = (*NUMERIC, *DATE_SOURCES, *CATEGORICAL)
+REQUIRED = (ID_COLUMN, TARGET_COLUMN, *ALLOWLIST)
+
+# Known only after the loan was issued: never a feature (documentation; the ALLOWLIST is what counts).
+POST_ORIGINATION = (
+    "loan_status",
+    "pymnt_plan",
+    "out_prncp",
+    "out_prncp_inv",
+    "total_pymnt",
+    "total_pymnt_inv",
+    "total_rec_prncp",
+    "total_rec_int",
+    "total_rec_late_fee",
+    "recoveries",
+    "collection_recovery_fee",
+    "last_pymnt_d",
+    "last_pymnt_amnt",
+    "next_pymnt_d",
+    "last_credit_pull_d",
+    "last_fico_range_high",
+    "last_fico_range_low",
+    "hardship_flag",
+    "hardship_type",
+    "hardship_reason",
+    "hardship_status",
+    "deferral_term",
+    "hardship_amount",
+    "hardship_start_date",
+    "hardship_end_date",
+    "payment_plan_start_date",
+    "hardship_length",
+    "hardship_dpd",
+    "hardship_loan_status",
+    "orig_projected_additional_accrued_interest",
+    "hardship_payoff_balance_amount",
+    "hardship_last_payment_amount",
+    "debt_settlement_flag",
+    "debt_settlement_flag_date",
+    "settlement_status",
+    "settlement_date",
+    "settlement_amount",
+    "settlement_percentage",
+    "settlement_term",
+)
+
+# The 151 columns of accepted_2007_to_2018Q4.csv, in file order.
+COLUMNS = tuple(
+    """
+id member_id loan_amnt funded_amnt funded_amnt_inv term int_rate installment grade sub_grade
+emp_title emp_length home_ownership annual_inc verification_status issue_d loan_status pymnt_plan
+url desc purpose title zip_code addr_state dti delinq_2yrs earliest_cr_line fico_range_low
+fico_range_high inq_last_6mths mths_since_last_delinq mths_since_last_record open_acc pub_rec
+revol_bal revol_util total_acc initial_list_status out_prncp out_prncp_inv total_pymnt
+total_pymnt_inv total_rec_prncp total_rec_int total_rec_late_fee recoveries collection_recovery_fee
+last_pymnt_d last_pymnt_amnt next_pymnt_d last_credit_pull_d last_fico_range_high
+last_fico_range_low collections_12_mths_ex_med mths_since_last_major_derog policy_code
+application_type annual_inc_joint dti_joint verification_status_joint acc_now_delinq tot_coll_amt
+tot_cur_bal open_acc_6m open_act_il open_il_12m open_il_24m mths_since_rcnt_il total_bal_il il_util
+open_rv_12m open_rv_24m max_bal_bc all_util total_rev_hi_lim inq_fi total_cu_tl inq_last_12m
+acc_open_past_24mths avg_cur_bal bc_open_to_buy bc_util chargeoff_within_12_mths delinq_amnt
+mo_sin_old_il_acct mo_sin_old_rev_tl_op mo_sin_rcnt_rev_tl_op mo_sin_rcnt_tl mort_acc
+mths_since_recent_bc mths_since_recent_bc_dlq mths_since_recent_inq mths_since_recent_revol_delinq
+num_accts_ever_120_pd num_actv_bc_tl num_actv_rev_tl num_bc_sats num_bc_tl num_il_tl num_op_rev_tl
+num_rev_accts num_rev_tl_bal_gt_0 num_sats num_tl_120dpd_2m num_tl_30dpd num_tl_90g_dpd_24m
+num_tl_op_past_12m pct_tl_nvr_dlq percent_bc_gt_75 pub_rec_bankruptcies tax_liens tot_hi_cred_lim
+total_bal_ex_mort total_bc_limit total_il_high_credit_limit revol_bal_joint sec_app_fico_range_low
+sec_app_fico_range_high sec_app_earliest_cr_line sec_app_inq_last_6mths sec_app_mort_acc
+sec_app_open_acc sec_app_revol_util sec_app_open_act_il sec_app_num_rev_accts
+sec_app_chargeoff_within_12_mths sec_app_collections_12_mths_ex_med
+sec_app_mths_since_last_major_derog hardship_flag hardship_type hardship_reason hardship_status
+deferral_term hardship_amount hardship_start_date hardship_end_date payment_plan_start_date
+hardship_length hardship_dpd hardship_loan_status orig_projected_additional_accrued_interest
+hardship_payoff_balance_amount hardship_last_payment_amount disbursement_method
+debt_settlement_flag debt_settlement_flag_date settlement_status settlement_date settlement_amount
+settlement_percentage settlement_term
+""".split()
+)
+
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
+_DATE = re.compile(r"^([A-Za-z]{3})-(\d{4})$")
+_READ_ERRORS = (ValueError, OSError, EOFError, zlib.error)
+
+
+# ------------------------------------------------------------------------------------------ locating
+def resolve_path(path: Path) -> Path:
+    """The csv (or .csv.gz) that `path` names: the file itself, or the one inside a folder.
+
+    Kaggle's archive unpacks to a folder named like the file, holding the file, so a folder is searched
+    one level deep and case-insensitively as well.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = _find_in(path)
+        if found is None:
+            found = next(
+                (f for d in sorted(path.iterdir()) if d.is_dir() and (f := _find_in(d)) is not None),
+                None,
+            )
+        if found is not None:
+            return found
+    elif path.with_name(path.name + ".gz").is_file():
+        return path.with_name(path.name + ".gz")
+    raise DataError(
+        f"Lending Club data not found at {path}: expected {FILE_NAME} (or {FILE_NAME}.gz), "
+        f"{SOURCE}; it is not downloaded automatically, so download it and point data.path at it"
+    )
+
+
+def _find_in(folder: Path) -> Path | None:
+    names = (FILE_NAME, FILE_NAME + ".gz")
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    entries = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_file()}
+    return next((entries[n.lower()] for n in names if n.lower() in entries), None)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _compression(path: Path) -> str | None:
+    """gzip by content, not name: a .gz renamed to .csv still loads."""
+    with open(path, "rb") as handle:
+        return "gzip" if handle.read(2) == b"\x1f\x8b" else None
+
+
+def _skip_preamble(path: Path, compression: str | None) -> int:
+    """1 if the file opens with LendingClub's one-line "Notes offered by Prospectus" preamble."""
+    opener: Callable[..., Any] = gzip.open if compression == "gzip" else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
+        first = handle.readline(1 << 16)
+        second = handle.readline(1 << 16)
+    if TARGET_COLUMN in first:
+        return 0
+    return 1 if first.startswith(PREAMBLE_PREFIX) or TARGET_COLUMN in second else 0
+
+
+def _number(s: pd.Series) -> np.ndarray:
+    values = pd.to_numeric(s.str.strip().str.rstrip("%"), errors="coerce")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _term(s: pd.Series) -> np.ndarray:
+    values = pd.to_numeric(s.str.extract(r"(\d+)", expand=False), errors="coerce")
+    return np.array(values, dtype=np.float64)  # a writable copy
+
+
+def _emp_length(s: pd.Series) -> np.ndarray:
+    """ "< 1 year" is 0, "10+ years" is 10, "n/a" or empty is missing."""
+    years = _term(s)
+    years[np.asarray(s.str.strip().str.startswith("<"), dtype=bool)] = 0.0
+    return years
+
+
+def _month_index(s: pd.Series) -> np.ndarray:
+    """ "Dec-2015" -> 2015 * 12 + 11; anything else is missing."""
+    parts = s.str.strip().str.extract(_DATE)
+    month = parts[0].str.lower().map(_MONTHS)
+    year = pd.to_numeric(parts[1], errors="coerce")
+    return np.asarray(year * 12 + month, dtype=np.float64)
+
+
+_PARSERS: dict[str, Callable[[pd.Series], np.ndarray]] = {
+    NUMBER: _number,
+    TERM: _term,
+    EMP_LENGTH: _emp_length,
+}
+
+
+def _chunks(path: Path, compression: str | None, skip: int) -> Iterator[pd.DataFrame]:
+    wanted = set(REQUIRED)
+    reader = pd.read_csv(
+        path,
+        compression=compression,
+        skiprows=skip,
+        usecols=lambda c: str(c).strip() in wanted,
+        dtype=str,
+        encoding="utf-8",
+        encoding_errors="replace",
+        skip_blank_lines=False,  # a blank record still counts: ids are data-row numbers
+        chunksize=CHUNK_ROWS,
+    )
+    with reader:
+        for chunk in reader:
+            chunk.columns = [str(c).strip() for c in chunk.columns]
+            yield chunk
+
+
+def _check_header(path: Path, compression: str | None, skip: int) -> None:
+    header = pd.read_csv(
+        path,
+        compression=compression,
+        skiprows=skip,
+        nrows=0,
+        encoding="utf-8",
+        encoding_errors="replace",
+    )
+    present = {str(c).strip() for c in header.columns}
+    missing = [c for c in REQUIRED if c not in present]
+    if len(missing) == len(REQUIRED):
+        raise DataError(
+            f"{path}: not a Lending Club accepted-loans csv: its header has none of the required "
+            f"columns ({', '.join(REQUIRED)})"
+        )
+    if missing:
+        raise DataError(
+            f"{path}: missing required column(s) {', '.join(missing)} "
+            f"(a Lending Club accepted-loans csv, {FILE_NAME}, has all of {', '.join(REQUIRED)})"
+        )
+
+
+class _Codes:
+    """One categorical column as int32 codes into a vocabulary grown chunk by chunk (-1 = missing)."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+        self.parts: list[np.ndarray] = []
+
+    def add(self, text: pd.Series) -> None:
+        text = text.str.strip()
+        local = pd.Categorical(text.mask(text == ""))
+        known = [self.vocab.setdefault(str(v), len(self.vocab)) for v in local.categories]
+        mapping = np.array([*known, -1], dtype=np.int32)  # code -1 indexes the trailing -1
+        self.parts.append(mapping[local.codes])
+
+    def codes(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.int32)
+
+    def names(self) -> np.ndarray:
+        return np.array(list(self.vocab), dtype=object)
+
+
+def _unreadable(path: Path, err: BaseException) -> DataError:
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return DataError(f"{path}: cannot read it as a Lending Club csv ({reason})")
+
+
+def _guarded(path: Path, chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The chunks, with pandas', gzip's and decoding errors turned into one-line DataErrors."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except _READ_ERRORS as err:
+            raise _unreadable(path, err) from None
+        yield chunk
+
+
+def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, _Codes]]:
+    """The labelled rows of the file: ids, y, raw numeric features (float64, NaN = missing) and
+    categorical codes, parsed chunk by chunk."""
+    try:
+        compression = _compression(path)
+        skip = _skip_preamble(path, compression)
+        _check_header(path, compression, skip)
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from None
+    ids: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    nums: list[np.ndarray] = []
+    cats = {c: _Codes() for c in CATEGORICAL}
+    rows = 0
+    for chunk in _guarded(path, _chunks(path, compression, skip)):
+        status = chunk[TARGET_COLUMN].str.strip()
+        label = np.asarray(status.map(TARGET), dtype=np.float64)
+        keep = ~np.isnan(label)
+        ids.append(np.arange(rows, rows + len(chunk), dtype=np.int64)[keep])
+        rows += len(chunk)
+        ys.append(label[keep].astype(np.int64))
+        part = chunk.loc[keep]
+        block = np.empty((len(part), len(NUMERIC_FEATURES)), dtype=np.float64)
+        for j, (column, kind) in enumerate(NUMERIC.items()):
+            block[:, j] = _PARSERS[kind](part[column])
+        earliest, issued = (_month_index(part[c]) for c in DATE_SOURCES)
+        block[:, -1] = issued - earliest
+        nums.append(block)
+        for column in CATEGORICAL:
+            cats[column].add(part[column])
+    if sum(len(i) for i in ids) == 0:
+        raise DataError(
+            f"{path}: no labelled loans among its {rows} data rows (loan_status must be one of "
+            f"{', '.join(TARGET)})"
+        )
+    return np.concatenate(ids), np.concatenate(ys), np.concatenate(nums), cats
+
+
+# ------------------------------------------------------------------------------------------- fitting
+def _medians(raw: np.ndarray) -> np.ndarray:
+    """Per-column median of the non-missing values; 0 for a column that is missing throughout."""
+    out = np.zeros(raw.shape[1], dtype=np.float64)
+    for j in range(raw.shape[1]):
+        present = raw[:, j][~np.isnan(raw[:, j])]
+        if len(present):
+            out[j] = float(np.median(present))
+    return out
+
+
+def load(spec: Any) -> Splits:
+    path = resolve_path(spec.path)
+    ids, y, raw, cats = read_labelled(path)
+    codes = {c: cats[c].codes() for c in CATEGORICAL}
+
+    if spec.subsample is not None and spec.subsample < len(ids):
+        rng = np.random.default_rng(spec.seed)
+        keep = np.sort(rng.choice(len(ids), size=spec.subsample, replace=False))
+        ids, y, raw = ids[keep], y[keep], raw[keep]
+        codes = {c: v[keep] for c, v in codes.items()}
+    try:
+        train_idx, test_idx = stratified_split(len(ids), y, spec.test_fraction, spec.seed)
+    except ValueError as err:
+        raise DataError(
+            f"{path}: cannot split {len(ids)} labelled loans into train and test ({err})"
+        ) from None
+
+    medians = _medians(raw[train_idx])
+    filled = np.where(np.isnan(raw), medians, raw)
+    scaler = StandardScaler.fit(filled[train_idx], spec.clip)
+    blocks = [scaler.transform(filled)]
+    names = list(NUMERIC_FEATURES)
+    categories: dict[str, list[str]] = {}
+    for column in CATEGORICAL:
+        vocab, column_codes = cats[column].names(), codes[column]
+        train_codes = np.unique(column_codes[train_idx])
+        train_codes = train_codes[train_codes >= 0]
+        order = np.argsort(vocab[train_codes].astype(str), kind="stable")
+        seen = [str(v) for v in vocab[train_codes][order]]
+        position = np.full(len(vocab) + 1, -1, dtype=np.int64)  # last slot: missing (-1)
+        position[train_codes[order]] = np.arange(len(seen))
+        column_pos = position[column_codes]  # unseen in train or missing -> -1
+        onehot = np.zeros((len(ids), len(seen)), dtype=np.float32)
+        rows = np.flatnonzero(column_pos >= 0)
+        onehot[rows, column_pos[rows]] = 1.0
+        blocks.append(onehot)
+        names += [f"{column}={v}" for v in seen]
+        categories[column] = seen
+    X = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+
+    n_num = len(NUMERIC_FEATURES)
+    lower = np.zeros(len(names), dtype=np.float32)
+    upper = np.ones(len(names), dtype=np.float32)
+    lower[:n_num], upper[:n_num] = -spec.clip, spec.clip
+    domain = Domain(lower, upper)
+    prep: dict[str, Any] = {
+        "kind": "loan",
+        "file": path.name,
+        "features": names,
+        "numeric": {
+            "columns": list(NUMERIC_FEATURES),
+            "medians": medians.tolist(),
+            "scaler": scaler.to_json(),
+            "derived": {CREDIT_HISTORY: "months from earliest_cr_line to issue_d"},
+        },
+        "categorical": {
+            "columns": list(CATEGORICAL),
+            "categories": categories,
+            "unknown": "all zeros",
+        },
+        "clip": float(spec.clip),
+        "target": {
+            "column": TARGET_COLUMN,
+            "mapping": dict(TARGET),
+            "class_names": list(CLASS_NAMES),
+            "other_statuses": "dropped",
+        },
+        "ids": "0-based data-row number in the file",
+        "subsample": spec.subsample,
+        "seed": spec.seed,
+    }
+
+    def part(idx: np.ndarray) -> Dataset:
+        return Dataset("loan", ids[idx], X[idx], y[idx], list(CLASS_NAMES), domain, prep)
+
+    return Splits(part(train_idx), part(test_idx))

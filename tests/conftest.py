@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny specs that train in well under a second."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import tiny_spec_dict
+
+from uverify.specs.schema import Spec, validate_spec
+
+
+@pytest.fixture
+def tiny_spec() -> Spec:
+    return validate_spec(tiny_spec_dict())
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a spec dict (or raw text) to a YAML file and return its path."""
+
+    def write(content: dict[str, Any] | str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content), encoding="utf-8")
+        return path
+
+    return write

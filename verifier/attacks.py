@@ -1,0 +1,231 @@
+"""PGD attacks under the L_inf, L_2 and L_1 norms, shared by adversarial training and the verifier.
+
+One base class owns the loop (restarts, per-sample early stop, the best point kept across restarts);
+each norm supplies only its random start, its steepest-ascent direction and its projection, as in
+Foolbox. Every iterate lies in the ball intersected with the input domain: the norm projects onto the
+ball, then the point is clipped to the box, which for a centre inside the box only moves coordinates
+toward the centre and so never leaves the ball.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from uverify.errors import UverifyError
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} z_j - z_y per sample: positive exactly when the sample is misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.max(dim=1).values - true
+
+
+def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, y, reduction="none")
+
+
+LOSSES = {"margin": margin_loss, "ce": cross_entropy_loss}
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    x_adv: torch.Tensor  # best point found per sample (in the ball and the domain)
+    margin: torch.Tensor  # margin_loss at x_adv: > 0 means the model misclassifies x_adv
+    success: torch.Tensor  # bool per sample
+
+
+def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
+    return t.flatten(1).norm(p=p, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+class PGD(ABC):
+    """Projected gradient ascent on a loss of the logits, from random starts inside the ball."""
+
+    norm: str
+
+    def __init__(
+        self,
+        steps: int = 50,
+        restarts: int = 1,
+        step_size: float | None = None,
+        loss: str = "margin",
+        early_stop: bool = True,
+    ) -> None:
+        if loss not in LOSSES:
+            raise UverifyError(f"attack loss {loss!r} is unknown (choose from {', '.join(LOSSES)})")
+        self.steps = steps
+        self.restarts = restarts
+        self.relative_step = step_size if step_size is not None else 2.5 / steps
+        self.loss = LOSSES[loss]
+        self.early_stop = early_stop
+
+    @abstractmethod
+    def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+        """A random perturbation inside the eps-ball."""
+
+    @abstractmethod
+    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent direction of unit norm for this norm."""
+
+    @abstractmethod
+    def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """The closest perturbation inside the eps-ball."""
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        generator: torch.Generator,
+    ) -> AttackResult:
+        """Attack a batch; `lower`/`upper` bound the input domain (broadcast against x)."""
+        was_training = model.training
+        model.eval()
+        try:
+            return self._run(model, x.detach(), y, eps, lower, upper, generator)
+        finally:
+            model.train(was_training)
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        gen: torch.Generator,
+    ) -> AttackResult:
+        lower, upper = lower.expand_as(x), upper.expand_as(x)
+        alpha = self.relative_step * eps
+        with torch.no_grad():
+            best_x = x.clone()
+            best_margin = margin_loss(model(x), y)
+            best_loss = self.loss(model(x), y) if self.loss is not margin_loss else best_margin.clone()
+        for _ in range(self.restarts):
+            active = torch.ones(len(x), dtype=torch.bool) if not self.early_stop else best_margin <= 0
+            if not active.any():
+                break
+            idx = active.nonzero().squeeze(1)
+            xa, ya, lo, hi = x[idx], y[idx], lower[idx], upper[idx]
+            x_adv = torch.max(torch.min(xa + self.random_start(xa, eps, gen), hi), lo)
+            for step in range(self.steps + 1):
+                x_adv.requires_grad_(True)
+                logits = model(x_adv)
+                loss = self.loss(logits, ya)
+                with torch.no_grad():
+                    margin = margin_loss(logits, ya)
+                    score = margin if self.loss is margin_loss else loss
+                    if self.early_stop:  # a success beats a failure, whatever the loss says
+                        won, had = margin > 0, best_margin[idx] > 0
+                        better = (won & ~had) | ((won == had) & (score > best_loss[idx]))
+                    else:
+                        better = score > best_loss[idx]
+                    best_x[idx[better]] = x_adv.detach()[better]
+                    best_margin[idx[better]] = margin[better]
+                    best_loss[idx[better]] = score[better]
+                if step == self.steps or (self.early_stop and bool((best_margin[idx] > 0).all())):
+                    break
+                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                with torch.no_grad():
+                    keep = ~(best_margin[idx] > 0) if self.early_stop else torch.ones_like(ya, dtype=torch.bool)
+                    step_dir = self.direction(grad, x_adv, lo, hi) * keep.view(-1, *([1] * (x.dim() - 1)))
+                    moved = x_adv + alpha * step_dir
+                    x_adv = xa + self.project(moved - xa, eps)
+                    x_adv = torch.max(torch.min(x_adv, hi), lo)
+        return AttackResult(best_x.detach(), best_margin, best_margin > 0)
+
+
+class LinfPGD(PGD):
+    norm = "inf"
+
+    def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+        return (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+
+    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
+
+    def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        return delta.clamp(-eps, eps)
+
+
+class L2PGD(PGD):
+    norm = "2"
+
+    def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+        direction = torch.randn(x.shape, generator=gen)
+        direction = direction / _flat_norm(direction, 2).clamp_min(1e-12)
+        d = x[0].numel()
+        radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
+        return direction * radius * eps
+
+    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        return grad / _flat_norm(grad, 2).clamp_min(1e-12)
+
+    def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        return delta * (eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
+
+
+class L1PGD(PGD):
+    """Sparse L1 steps (Tramer & Boneh 2019): move only the coordinates with the largest gradients."""
+
+    norm = "1"
+    sparsity_quantile = 0.95  # move the top 5% of coordinates (at least one) per step
+
+    def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+        # uniform in the L1 ball: Laplace directions (normalised) times radius u^(1/d)
+        u = torch.rand(x.shape, generator=gen).clamp(1e-12, 1 - 1e-12)
+        laplace = torch.sign(u - 0.5) * -torch.log1p(-2 * (u - 0.5).abs())
+        direction = laplace / _flat_norm(laplace, 1).clamp_min(1e-12)
+        d = x[0].numel()
+        radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
+        return direction * radius * eps
+
+    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        # coordinates already at the domain's edge and pushed outward cannot move: skip them
+        blocked = ((x_adv <= lower) & (grad < 0)) | ((x_adv >= upper) & (grad > 0))
+        g = grad.masked_fill(blocked, 0.0).flatten(1)
+        k = max(1, int(round((1 - self.sparsity_quantile) * g.shape[1])))
+        top = g.abs().topk(k, dim=1).indices
+        e = torch.zeros_like(g).scatter(1, top, g.gather(1, top).sign())
+        e = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return e.view_as(grad)
+
+    def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        return project_l1_ball(delta, eps)
+
+
+def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact Euclidean projection of each sample onto {v : ||v||_1 <= eps} (Duchi et al., 2008)."""
+    flat = delta.flatten(1)
+    inside = flat.abs().sum(dim=1) <= eps
+    if bool(inside.all()):
+        return delta
+    mag = flat.abs()
+    sorted_mag, _ = mag.sort(dim=1, descending=True)
+    cumsum = sorted_mag.cumsum(dim=1)
+    ks = torch.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
+    cond = sorted_mag - (cumsum - eps) / ks > 0
+    rho = cond.to(torch.int64).cumsum(dim=1).argmax(dim=1)  # last index where cond holds
+    theta = (cumsum.gather(1, rho[:, None]) - eps) / (rho[:, None] + 1).to(flat.dtype)
+    projected = flat.sign() * (mag - theta).clamp_min(0.0)
+    out = torch.where(inside[:, None], flat, projected)
+    return out.view_as(delta)
+
+
+ATTACKS: dict[str, type[PGD]] = {"inf": LinfPGD, "2": L2PGD, "1": L1PGD}
+
+
+def pgd_for(norm: str, **kwargs: object) -> PGD:
+    """The PGD attack for a norm given as in the spec: 'inf', '2' or '1'."""
+    if norm not in ATTACKS:
+        raise UverifyError(f"norm {norm!r} is not supported (choose from inf, 2, 1)")
+    return ATTACKS[norm](**kwargs)  # type: ignore[arg-type]
