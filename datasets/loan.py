@@ -237,29 +237,57 @@ def _skip_preamble(path: Path, compression: str | None) -> int:
     return 1 if first.startswith(PREAMBLE_PREFIX) or TARGET_COLUMN in second else 0
 
 
+def _per_value(s: pd.Series, parse: Callable[[pd.Series], Any]) -> np.ndarray:
+    """`parse` applied to each distinct string once (terms, dates, statuses repeat millions of
+    times); missing stays NaN."""
+    codes, uniques = pd.factorize(s)
+    values = np.asarray(parse(pd.Series(uniques, dtype=object)), dtype=np.float64)
+    return np.append(values, np.nan)[codes]  # code -1 (missing) picks the trailing NaN
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values[~np.isfinite(values)] = np.nan  # "inf" parses, but is no amount
+    return values
+
+
 def _number(s: pd.Series) -> np.ndarray:
-    values = pd.to_numeric(s.str.strip().str.rstrip("%"), errors="coerce")
-    return np.asarray(values, dtype=np.float64)
+    """13.56, " 13.56" or "13.56%" -> 13.56; anything else is missing."""
+    values = np.array(pd.to_numeric(s, errors="coerce"), dtype=np.float64)  # fast path: plain numbers
+    retry = np.isnan(values) & np.asarray(s.notna(), dtype=bool)
+    if retry.any():
+        values[retry] = _per_value(
+            s[retry],
+            lambda u: pd.to_numeric(u.str.strip().str.rstrip("%").str.strip(), errors="coerce"),
+        )
+    return _finite(values)
 
 
 def _term(s: pd.Series) -> np.ndarray:
-    values = pd.to_numeric(s.str.extract(r"(\d+)", expand=False), errors="coerce")
-    return np.array(values, dtype=np.float64)  # a writable copy
+    """ " 36 months" -> 36."""
+    return _finite(
+        _per_value(s, lambda u: pd.to_numeric(u.str.extract(r"(\d+)", expand=False), errors="coerce"))
+    )
 
 
 def _emp_length(s: pd.Series) -> np.ndarray:
     """ "< 1 year" is 0, "10+ years" is 10, "n/a" or empty is missing."""
-    years = _term(s)
-    years[np.asarray(s.str.strip().str.startswith("<"), dtype=bool)] = 0.0
-    return years
+
+    def years(u: pd.Series) -> pd.Series:
+        found = pd.to_numeric(u.str.extract(r"(\d+)", expand=False), errors="coerce")
+        return found.mask(u.str.strip().str.startswith("<"), 0.0)
+
+    return _finite(_per_value(s, years))
 
 
 def _month_index(s: pd.Series) -> np.ndarray:
     """ "Dec-2015" -> 2015 * 12 + 11; anything else is missing."""
-    parts = s.str.strip().str.extract(_DATE)
-    month = parts[0].str.lower().map(_MONTHS)
-    year = pd.to_numeric(parts[1], errors="coerce")
-    return np.asarray(year * 12 + month, dtype=np.float64)
+
+    def months(u: pd.Series) -> pd.Series:
+        parts = u.str.strip().str.extract(_DATE)
+        month = parts[0].str.lower().map(_MONTHS)
+        return pd.to_numeric(parts[1], errors="coerce") * 12 + month
+
+    return _per_value(s, months)
 
 
 _PARSERS: dict[str, Callable[[pd.Series], np.ndarray]] = {
@@ -319,11 +347,11 @@ class _Codes:
         self.parts: list[np.ndarray] = []
 
     def add(self, text: pd.Series) -> None:
-        text = text.str.strip()
-        local = pd.Categorical(text.mask(text == ""))
-        known = [self.vocab.setdefault(str(v), len(self.vocab)) for v in local.categories]
-        mapping = np.array([*known, -1], dtype=np.int32)  # code -1 indexes the trailing -1
-        self.parts.append(mapping[local.codes])
+        codes, uniques = pd.factorize(text)
+        names = [str(v).strip() for v in uniques]
+        known = [self.vocab.setdefault(v, len(self.vocab)) if v else -1 for v in names]
+        mapping = np.array([*known, -1], dtype=np.int32)  # code -1 (missing) picks the trailing -1
+        self.parts.append(mapping[codes])
 
     def codes(self) -> np.ndarray:
         return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.int32)
@@ -364,8 +392,7 @@ def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[
     cats = {c: _Codes() for c in CATEGORICAL}
     rows = 0
     for chunk in _guarded(path, _chunks(path, compression, skip)):
-        status = chunk[TARGET_COLUMN].str.strip()
-        label = np.asarray(status.map(TARGET), dtype=np.float64)
+        label = _per_value(chunk[TARGET_COLUMN], lambda u: u.str.strip().map(TARGET))
         keep = ~np.isnan(label)
         ids.append(np.arange(rows, rows + len(chunk), dtype=np.int64)[keep])
         rows += len(chunk)

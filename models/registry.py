@@ -34,17 +34,12 @@ def _cnn(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module
         )
     channels, height, width = input_shape
     layers: list[nn.Module] = []
-    pad = spec.kernel_size // 2
+    pad = spec.kernel_size // 2  # 'same'-style padding: a feature map never shrinks below 1x1
     for out in spec.channels:
         layers += [nn.Conv2d(channels, out, spec.kernel_size, stride=spec.stride, padding=pad), nn.ReLU()]
         channels = out
         height = (height + 2 * pad - spec.kernel_size) // spec.stride + 1
         width = (width + 2 * pad - spec.kernel_size) // spec.stride + 1
-        if height < 1 or width < 1:
-            raise ModelError(
-                f"model: {len(spec.channels)} conv layers with stride {spec.stride} shrink a "
-                f"{input_shape[1]}x{input_shape[2]} image to nothing"
-            )
     layers.append(nn.Flatten())
     features = channels * height * width
     for hidden in spec.hidden:

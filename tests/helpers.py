@@ -10,7 +10,7 @@ def tiny_spec_dict(**overrides: Any) -> dict[str, Any]:
         "name": "tiny",
         "data": {"dataset": "mixture", "classes": 3, "dims": 4, "n_samples": 300, "separation": 5.0, "samples": 20},
         "model": {"arch": "mlp", "hidden": [16]},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.01, "seed": 0},
+        "train": {"epochs": 5, "batch_size": 32, "lr": 0.02, "seed": 0},
         "property": {"norm": "inf", "epsilon": [0.02, 0.05]},
     }
     for key, value in overrides.items():

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from uverify.errors import ExportError, ModelError
+from uverify.models import build_model, export_onnx, read_metadata, registered
+from uverify.models.export import max_abs_diff_vs_onnxruntime
+from uverify.specs.schema import CnnSpec, MlpSpec
+
+ARCHS = {
+    "mlp": (MlpSpec(arch="mlp", hidden=[16, 8]), (6,)),
+    "cnn": (CnnSpec(arch="cnn", channels=[4, 8], stride=2, hidden=[16]), (1, 8, 8)),
+}
+
+
+def test_every_registered_architecture_is_covered() -> None:
+    assert set(registered()) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_export_matches_torch_on_real_batches_and_carries_metadata(arch: str, tmp_path: Path) -> None:
+    spec, shape = ARCHS[arch]
+    model = build_model(spec, shape, 3, seed=0)
+    rng = np.random.default_rng(0)
+    samples = rng.random((32, *shape), dtype=np.float32)
+    report = export_onnx(model, tmp_path / "m.onnx", samples, {"dataset": "x", "class_names": ["a", "b", "c"]})
+    assert report.max_abs_diff <= 1e-4
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert proto.opset_import[0].version == 18
+    # only ops the verifier's importer reads: the exported graph stays inside that op set
+    expected = {"mlp": {"Gemm", "Relu"}, "cnn": {"Conv", "Relu", "Reshape", "Gemm"}}[arch]
+    assert {n.op_type for n in proto.graph.node} <= expected | {"Flatten"}
+    assert read_metadata(tmp_path / "m.onnx") == {"dataset": "x", "class_names": ["a", "b", "c"]}
+    # dynamic batch: any batch size runs, and agrees with torch
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5, 100):
+        x = rng.random((n, *shape), dtype=np.float32)
+        got = session.run(None, {"input": x})[0]
+        np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_a_mismatch_is_detected_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, shape = ARCHS["mlp"]
+    samples = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+    a, b = build_model(spec, shape, 3, seed=0), build_model(spec, shape, 3, seed=1)
+    export_onnx(a, tmp_path / "a.onnx", samples)
+    # the check itself: a's file against b's weights differs far above the tolerance
+    assert max_abs_diff_vs_onnxruntime(b, (tmp_path / "a.onnx").read_bytes(), samples) > 1e-3
+    # and a disagreeing export fails loudly without touching the target path
+    monkeypatch.setattr("uverify.models.export.max_abs_diff_vs_onnxruntime", lambda *args: 0.5)
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        export_onnx(a, tmp_path / "bad.onnx", samples)
+    assert not (tmp_path / "bad.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]  # no temp file left behind
+
+
+def test_cnn_on_flat_data_is_a_clear_error() -> None:
+    with pytest.raises(ModelError, match="needs image input"):
+        build_model(CnnSpec(arch="cnn"), (10,), 3, seed=0)
+
+
+def test_export_needs_a_batch() -> None:
+    spec, shape = ARCHS["mlp"]
+    with pytest.raises(ExportError, match="at least 2"):
+        export_onnx(build_model(spec, shape, 3, seed=0), "never.onnx", np.zeros((1, *shape), np.float32))
+
+
+def test_read_metadata_of_garbage_is_a_model_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file at all")
+    with pytest.raises(ModelError, match="not a readable ONNX file"):
+        read_metadata(bad)

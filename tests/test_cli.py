@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from click.testing import CliRunner
+from helpers import tiny_spec_dict
+from safetensors.torch import load_file
+
+from uverify.cli import cli
+from uverify.datasets import load
+from uverify.specs import load_spec
+
+
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_shows_an_example_for_every_command() -> None:
+    top = _invoke("--help")
+    assert top.exit_code == 0 and "Example" in top.output
+    for command in cli.commands:
+        result = _invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_train_writes_a_validated_run_directory(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec_path = write_spec(tiny_spec_dict())
+    out = tmp_path / "run"
+    result = _invoke("train", "--spec", str(spec_path), "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "clean test accuracy" in result.output
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.safetensors", "spec.json", "train_log.json"}
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["training"] == "standard" and len(log["epochs"]) == 5
+    assert log["export"]["max_abs_diff"] <= 1e-4
+    # the file on disk classifies the test set as the log says
+    splits = load(load_spec(spec_path).data)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    preds = session.run(None, {"input": splits.test.X})[0].argmax(1)
+    assert float((preds == splits.test.y).mean()) == log["test_accuracy_onnxruntime"]
+    assert set(load_file(str(out / "model.safetensors"))) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+
+
+def test_adversarial_flag_uses_the_spec_settings(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raw = tiny_spec_dict(train={"epochs": 1, "batch_size": 64, "adversarial": {"epsilon": 0.03, "steps": 2}})
+    out = tmp_path / "adv"
+    result = _invoke("train", "--spec", str(write_spec(raw)), "--out", str(out), "--adversarial", "--quiet")
+    assert result.exit_code == 0, result.output
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["training"] == "adversarial"
+    assert log["adversarial"] == {"epsilon": 0.03, "steps": 2, "step_size": None}
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out / "model.onnx")).metadata_props}
+    assert meta["training"] == "adversarial" and json.loads(meta["input_domain"])["shape"] == [4]
+
+
+def test_same_spec_same_model_bytes(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec_path = str(write_spec(tiny_spec_dict()))
+    for name in ("a", "b"):  # the same spec file, trained twice
+        assert _invoke("train", "--spec", spec_path, "--out", str(tmp_path / name), "--quiet").exit_code == 0
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cases = [
+        (["--spec", str(tmp_path / "missing.yaml")], "no such file"),
+        (["--spec", str(write_spec("name: [unclosed\n", "a.yaml"))], "malformed YAML"),
+        (["--spec", str(write_spec(tiny_spec_dict(trian={}), "b.yaml"))], "did you mean 'train'"),
+        (["--spec", str(write_spec(tiny_spec_dict(property={"epsilon": -1}), "c.yaml"))], "property.epsilon[0]"),
+        (["--spec", "loan", "--data", str(tmp_path / "nowhere.csv")], "accepted_2007_to_2018Q4.csv"),
+        (["--spec", str(write_spec(tiny_spec_dict(model={"arch": "cnn"}), "d.yaml"))], "needs image input"),
+    ]
+    for args, expected in cases:
+        result = _invoke("train", *args, "--out", str(tmp_path / "out"), "--quiet")
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2() -> None:
+    assert _invoke("train").exit_code == 2
+    assert _invoke("no-such-command").exit_code == 2

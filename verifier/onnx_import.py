@@ -1,0 +1,1069 @@
+"""ONNX graph → torch module, for the ops that bound propagation supports.
+
+Why our own converter: onnx2torch and onnx2pytorch import torchvision, which does not import beside
+torch 2.13 CPU. The module we build is traced by auto_LiRPA, so every node becomes plain torch ops
+(nn.Linear, nn.Conv2d, reshape with a dynamic batch, ...), every constant is a buffer, and nothing
+branches on tensor values. onnxruntime stays the referee: `import_onnx` runs both on the same points
+and fails loudly when they disagree.
+
+Batch convention: every tensor that depends on the model input is batch-first, and the module maps
+(N, *input_shape) to (N, *output_shape), equal to the ONNX graph applied to each sample. A file with
+a fixed batch of 1 (as in VNN-COMP: [1, 784, 1], [1, 1, 1, 5]) is read as a per-sample graph, so a
+batch of 1 baked into a Reshape or a constant never limits the batch the module runs.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from uverify.errors import ModelError
+
+__all__ = [
+    "CONVERTERS",
+    "ImportedModel",
+    "NodeContext",
+    "OnnxGraphModule",
+    "import_onnx",
+    "load_onnx",
+    "onnx_to_torch",
+    "supported_ops",
+    "validate_against_onnxruntime",
+]
+
+PathLike = str | os.PathLike[str]
+
+# Samples in the example batch pushed through each node while converting: it gives every converter
+# the per-sample shapes of its inputs and proves that each node keeps the batch dimension first.
+_EXAMPLE_BATCH = 2
+# Ops never folded into constants even when all their inputs are known: their output is random.
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: messages from onnx and protobuf span many lines."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# What a converter sees
+# --------------------------------------------------------------------------------------------------
+
+
+class _Value(NamedTuple):
+    """A graph value: a constant known at import time, or a batched tensor with an example."""
+
+    name: str
+    const: np.ndarray | None
+    example: torch.Tensor | None
+
+    @property
+    def batched(self) -> bool:
+        return self.const is None
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """One ONNX node with its attributes and what is known about each input.
+
+    `inputs[i]` is None for an omitted optional input. The module a converter returns is called with
+    the batched inputs only, in input order; constant inputs must be baked into it as buffers.
+    """
+
+    node: onnx.NodeProto
+    attrs: dict[str, Any]
+    inputs: tuple[_Value | None, ...]
+    opset: int
+    fixed_batch: bool
+
+    @property
+    def label(self) -> str:
+        return _node_label(self.node)
+
+    def fail(self, reason: str) -> ModelError:
+        return ModelError(f"cannot import {self.node.op_type} node {self.label}: {reason}")
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def input(self, i: int) -> _Value | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def const(self, i: int, what: str) -> np.ndarray:
+        """Input `i`, which must be known at import time (a weight, a shape, ...)."""
+        value = self.input(i)
+        if value is None or value.const is None:
+            raise self.fail(f"the {what} (input {i}) must be a constant, not computed from the input")
+        return value.const
+
+    def optional_const(self, i: int, what: str) -> np.ndarray | None:
+        value = self.input(i)
+        return None if value is None else self.const(i, what)
+
+    def batched_inputs(self) -> list[_Value]:
+        return [v for v in self.inputs if v is not None and v.batched]
+
+    def data(self) -> torch.Tensor:
+        """The example of input 0 for ops whose only input computed from the model input is input 0."""
+        batched = self.batched_inputs()
+        first = self.input(0)
+        if first is None or first.example is None or len(batched) != 1:
+            raise self.fail("only its first input may depend on the model input")
+        return first.example
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return repr(node.name) if node.name else f"(unnamed, output {node.output[0]!r})"
+
+
+Converter = Callable[[NodeContext], nn.Module]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def _register(*op_types: str) -> Callable[[Converter], Converter]:
+    def add(fn: Converter) -> Converter:
+        for op_type in op_types:
+            CONVERTERS[op_type] = fn
+        return fn
+
+    return add
+
+
+def supported_ops() -> list[str]:
+    """The ONNX op types the importer converts (sorted); any other op is a ModelError."""
+    return sorted(CONVERTERS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Node modules: plain torch ops only, so that tracing (auto_LiRPA, torch.jit) sees familiar nodes
+# --------------------------------------------------------------------------------------------------
+
+
+def _buffer(array: np.ndarray) -> torch.Tensor:
+    return torch.tensor(np.array(array, dtype=np.float32))
+
+
+class BinaryTensors(nn.Module):
+    """a ∘ b for two batched tensors of the same rank."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fn(a, b)
+
+
+class BinaryConst(nn.Module):
+    """x ∘ c or c ∘ x with the constant c a buffer (broadcast per sample)."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any], const: np.ndarray, const_first: bool) -> None:
+        super().__init__()
+        self.fn = fn
+        self.const_first = const_first
+        self.register_buffer("const", _buffer(const))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.const_first:
+            return self.fn(self.const, x)
+        return self.fn(x, self.const)
+
+
+class ConstOverTensor(nn.Module):
+    """c / x as c · reciprocal(x): bounders relax the reciprocal, they cannot divide by a bound."""
+
+    def __init__(self, const: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("const", _buffer(const))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.const * torch.reciprocal(x)
+
+
+class Affine(nn.Module):
+    """x · scale + shift per channel: inference BatchNormalization folded to one linear map."""
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("scale", _buffer(scale))
+        self.register_buffer("shift", _buffer(shift))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class MatMulConst(nn.Module):
+    """x @ c or c @ x for a constant c that is not a plain 2-D weight on the right."""
+
+    def __init__(self, const: np.ndarray, const_first: bool) -> None:
+        super().__init__()
+        self.const_first = const_first
+        self.register_buffer("const", _buffer(const))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.const_first:
+            return torch.matmul(self.const, x)
+        return torch.matmul(x, self.const)
+
+
+class Flatten(nn.Module):
+    """(N, ...) → (N, prod(...)): the batch dimension stays dynamic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)
+
+
+class Reshape(nn.Module):
+    """(N, ...) → (N, *shape) with the batch inferred (-1), never the file's baked batch size."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(d) for d in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape=(-1, {', '.join(map(str, self.shape))})"
+
+
+class Permute(nn.Module):
+    """Transpose that leaves the batch dimension in place."""
+
+    def __init__(self, perm: Sequence[int]) -> None:
+        super().__init__()
+        self.perm = tuple(int(p) for p in perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.perm)
+
+
+class Concat(nn.Module):
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.axis)
+
+
+class Pad(nn.Module):
+    """Constant padding; `pads` in torch's order (last dimension first)."""
+
+    def __init__(self, pads: Sequence[int], value: float = 0.0) -> None:
+        super().__init__()
+        self.pads = tuple(int(p) for p in pads)
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, self.pads, mode="constant", value=self.value)
+
+    def extra_repr(self) -> str:
+        return f"pads={self.pads}, value={self.value}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Converters, one per op type
+# --------------------------------------------------------------------------------------------------
+
+
+@_register("Identity", "Dropout")
+def _identity(ctx: NodeContext) -> nn.Module:
+    if ctx.node.op_type == "Dropout":
+        training = ctx.optional_const(2, "training_mode")
+        if training is not None and bool(np.asarray(training).item()):
+            raise ctx.fail("training_mode=True: only inference Dropout (the identity) is supported")
+    ctx.data()
+    return nn.Identity()
+
+
+@_register("Relu")
+def _relu(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    return nn.ReLU()
+
+
+@_register("Sigmoid")
+def _sigmoid(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    return nn.Sigmoid()
+
+
+@_register("Tanh")
+def _tanh(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    return nn.Tanh()
+
+
+@_register("Softmax")
+def _softmax(ctx: NodeContext) -> nn.Module:
+    rank = ctx.data().ndim
+    axis = _axis(ctx, ctx.attr("axis", -1 if ctx.opset >= 13 else 1), rank)
+    if ctx.opset < 13 and axis != rank - 1:
+        raise ctx.fail(f"opset {ctx.opset} Softmax over the flattened axes from {axis} is not supported")
+    return nn.Softmax(dim=axis)
+
+
+_BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "Add": operator.add,
+    "Sub": operator.sub,
+    "Mul": operator.mul,
+    "Div": operator.truediv,
+}
+
+
+def _per_sample_const(ctx: NodeContext, const: np.ndarray, rank: int) -> np.ndarray:
+    """A constant that broadcasts against a batched tensor of `rank`, without its batch axis.
+
+    A constant as long as the tensor carries a batch axis of its own, which must be 1 (a file with
+    a fixed batch of 1); a longer one, or a batch axis above 1, would mix samples.
+    """
+    if const.ndim > rank or (const.ndim == rank and const.shape[0] != 1):
+        raise ctx.fail(
+            f"a constant of shape {list(const.shape)} would broadcast over the batch dimension "
+            f"of a rank-{rank} tensor"
+        )
+    return const[0] if const.ndim == rank else const
+
+
+@_register(*_BINARY_OPS)
+def _binary(ctx: NodeContext) -> nn.Module:
+    op = ctx.node.op_type
+    fn = _BINARY_OPS[op]
+    a, b = ctx.input(0), ctx.input(1)
+    if a is None or b is None:
+        raise ctx.fail("needs two inputs")
+    if a.example is not None and b.example is not None:
+        if a.example.ndim != b.example.ndim:
+            raise ctx.fail(
+                f"inputs of rank {a.example.ndim} and {b.example.ndim} would broadcast one batch "
+                "dimension over another axis"
+            )
+        return BinaryTensors(fn)
+    const_first = a.const is not None
+    const = a.const if a.const is not None else b.const
+    x = b.example if const_first else a.example
+    assert const is not None and x is not None
+    const = _per_sample_const(ctx, const, x.ndim)
+    if op == "Div" and const_first:
+        return ConstOverTensor(const)
+    return BinaryConst(fn, const, const_first)
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
+    """nn.Linear computing x @ weight.T + bias: the layer every bounder knows best."""
+    out_features, in_features = weight.shape
+    layer = nn.Linear(int(in_features), int(out_features), bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(_buffer(weight))
+        if bias is not None:
+            assert layer.bias is not None
+            layer.bias.copy_(_buffer(bias))
+    return layer
+
+
+@_register("Gemm")
+def _gemm(ctx: NodeContext) -> nn.Module:
+    a = ctx.input(0)
+    if a is None or a.example is None:
+        raise ctx.fail("input A must depend on the model input (a batch of rows)")
+    if a.example.ndim != 2:
+        raise ctx.fail(f"input A has rank {a.example.ndim}, Gemm needs rank 2")
+    if ctx.attr("transA", 0):
+        raise ctx.fail("transA=1 on the batched input A would move the batch off the rows")
+    b = ctx.const(1, "weight B").astype(np.float64)
+    if b.ndim != 2:
+        raise ctx.fail(f"weight B has rank {b.ndim}, Gemm needs rank 2")
+    weight = b.T if not ctx.attr("transB", 0) else b  # (out, in), as nn.Linear stores it
+    if weight.shape[1] != a.example.shape[1]:
+        raise ctx.fail(f"A has {a.example.shape[1]} columns but B has {weight.shape[1]} rows")
+    alpha = float(ctx.attr("alpha", 1.0))
+    beta = float(ctx.attr("beta", 1.0))
+    c = ctx.optional_const(2, "bias C")
+    bias = None
+    if c is not None:
+        c = c.astype(np.float64)
+        if c.ndim == 2:
+            if c.shape[0] != 1:
+                raise ctx.fail(f"bias C of shape {list(c.shape)} has one row per sample")
+            c = c[0]
+        try:
+            bias = beta * np.broadcast_to(c, (weight.shape[0],))
+        except ValueError as exc:
+            raise ctx.fail(f"bias C of shape {list(c.shape)} does not broadcast") from exc
+    return _linear(alpha * weight, bias)
+
+
+@_register("MatMul")
+def _matmul(ctx: NodeContext) -> nn.Module:
+    a, b = ctx.input(0), ctx.input(1)
+    if a is None or b is None:
+        raise ctx.fail("needs two inputs")
+    if a.example is not None and b.example is not None:
+        if a.example.ndim < 3 or b.example.ndim != a.example.ndim:
+            raise ctx.fail("a product of two batched tensors needs equal ranks of at least 3")
+        return BinaryTensors(torch.matmul)
+    if a.example is not None and b.const is not None:
+        x, w = a.example, b.const
+        if w.ndim == 2 and x.ndim >= 2:
+            return _linear(w.T, None)
+        if x.ndim < 2:
+            raise ctx.fail("the batched input has no matrix dimensions")
+        return MatMulConst(_per_sample_const(ctx, w, x.ndim), const_first=False)
+    assert a.const is not None and b.example is not None
+    if b.example.ndim < 3:
+        raise ctx.fail("a constant on the left needs a batched right operand of rank >= 3")
+    return MatMulConst(_per_sample_const(ctx, a.const, b.example.ndim), const_first=True)
+
+
+def _ints(value: Any, n: int, default: int) -> list[int]:
+    return [default] * n if value is None else [int(v) for v in value]
+
+
+def _spatial_pads(
+    ctx: NodeContext, sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """(begins, ends) per spatial axis from `pads` or `auto_pad` (SAME_* needs the known input size)."""
+    n = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = _ints(ctx.attr("pads"), 2 * n, 0)
+        if len(pads) != 2 * n or min(pads) < 0:
+            raise ctx.fail(f"pads {pads} do not fit {n} spatial axes")
+        return pads[:n], pads[n:]
+    if auto_pad == "VALID":
+        return [0] * n, [0] * n
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            begins.append(begin)
+            ends.append(total - begin)
+        return begins, ends
+    raise ctx.fail(f"auto_pad={auto_pad!r} is not supported")
+
+
+def _torch_pads(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """ONNX per-axis (begins, ends) → torch.nn.functional.pad's order, last axis first."""
+    pads: list[int] = []
+    for begin, end in zip(reversed(begins), reversed(ends), strict=True):
+        pads += [begin, end]
+    return pads
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+
+
+@_register("Conv")
+def _conv(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    weight = ctx.const(1, "weight W")
+    bias = ctx.optional_const(2, "bias B")
+    n = weight.ndim - 2
+    if n not in _CONV or x.ndim != n + 2:
+        raise ctx.fail(f"a rank-{x.ndim} input with a rank-{weight.ndim} weight is not a 1-3 D convolution")
+    kernel = list(weight.shape[2:])
+    if ctx.attr("kernel_shape") is not None and list(ctx.attr("kernel_shape")) != kernel:
+        raise ctx.fail(f"kernel_shape {list(ctx.attr('kernel_shape'))} differs from the weight's {kernel}")
+    strides = _ints(ctx.attr("strides"), n, 1)
+    dilations = _ints(ctx.attr("dilations"), n, 1)
+    group = int(ctx.attr("group", 1))
+    begins, ends = _spatial_pads(ctx, list(x.shape[2:]), kernel, strides, dilations)
+    symmetric = begins == ends
+    conv = _CONV[n](
+        in_channels=int(weight.shape[1]) * group,
+        out_channels=int(weight.shape[0]),
+        kernel_size=tuple(kernel),
+        stride=tuple(strides),
+        padding=tuple(begins) if symmetric else 0,
+        dilation=tuple(dilations),
+        groups=group,
+        bias=bias is not None,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(_buffer(weight))
+        if bias is not None:
+            assert conv.bias is not None
+            conv.bias.copy_(_buffer(bias))
+    if symmetric:
+        return conv
+    # Asymmetric pads (e.g. from SAME_UPPER) have no nn.ConvNd form: pad explicitly first.
+    return nn.Sequential(Pad(_torch_pads(begins, ends)), conv)
+
+
+def _pool_geometry(ctx: NodeContext, x: torch.Tensor) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    kernel = [int(k) for k in ctx.attr("kernel_shape") or []]
+    n = len(kernel)
+    if n not in _AVG_POOL or x.ndim != n + 2:
+        raise ctx.fail(f"kernel_shape {kernel} does not fit a rank-{x.ndim} input")
+    strides = _ints(ctx.attr("strides"), n, 1)
+    dilations = _ints(ctx.attr("dilations"), n, 1)
+    begins, ends = _spatial_pads(ctx, list(x.shape[2:]), kernel, strides, dilations)
+    return kernel, strides, dilations, begins, ends
+
+
+@_register("AveragePool")
+def _average_pool(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    kernel, strides, dilations, begins, ends = _pool_geometry(ctx, x)
+    if any(d != 1 for d in dilations):
+        raise ctx.fail(f"dilations {dilations} are not supported for AveragePool")
+    n = len(kernel)
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    count_include_pad = bool(ctx.attr("count_include_pad", 0))
+    if begins == ends and all(2 * p <= k for p, k in zip(begins, kernel, strict=True)):
+        return _AVG_POOL[n](tuple(kernel), tuple(strides), tuple(begins), ceil_mode, count_include_pad)
+    if not count_include_pad:
+        raise ctx.fail(f"pads {begins + ends} need explicit padding, which count_include_pad=0 forbids")
+    pool = _AVG_POOL[n](tuple(kernel), tuple(strides), 0, ceil_mode, True)
+    return nn.Sequential(Pad(_torch_pads(begins, ends)), pool)
+
+
+@_register("MaxPool")
+def _max_pool(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    kernel, strides, dilations, begins, ends = _pool_geometry(ctx, x)
+    if begins != ends or any(2 * p > k for p, k in zip(begins, kernel, strict=True)):
+        raise ctx.fail(f"pads {begins + ends} are asymmetric or wider than half the kernel")
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    return _MAX_POOL[len(kernel)](tuple(kernel), tuple(strides), tuple(begins), tuple(dilations), ceil_mode=ceil_mode)
+
+
+@_register("GlobalAveragePool")
+def _global_average_pool(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    n = x.ndim - 2
+    if n not in _AVG_POOL:
+        raise ctx.fail(f"a rank-{x.ndim} input is not a 1-3 D feature map")
+    # An average pool over the whole (known) map: a plain linear op for every bounder.
+    return _AVG_POOL[n](tuple(int(s) for s in x.shape[2:]))
+
+
+@_register("Pad")
+def _pad(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    mode = ctx.attr("mode", "constant")
+    if mode != "constant":
+        raise ctx.fail(f"mode={mode!r}: only constant padding is supported")
+    if ctx.opset < 11:
+        pads = [int(p) for p in ctx.attr("pads")]
+        value = float(ctx.attr("value", 0.0))
+    else:
+        pads = [int(p) for p in ctx.const(1, "pads")]
+        constant = ctx.optional_const(2, "constant_value")
+        value = 0.0 if constant is None or constant.size == 0 else float(constant.item())
+    axes_const = ctx.optional_const(3, "axes")
+    axes = list(range(x.ndim)) if axes_const is None else [_axis(ctx, int(a), x.ndim) for a in axes_const]
+    begins, ends = [0] * x.ndim, [0] * x.ndim
+    for i, axis in enumerate(axes):
+        begins[axis], ends[axis] = pads[i], pads[i + len(axes)]
+    if begins[0] or ends[0]:
+        raise ctx.fail("padding the batch dimension is not supported")
+    if min(begins + ends) < 0:
+        raise ctx.fail("negative pads (cropping) are not supported")
+    return Pad(_torch_pads(begins[1:], ends[1:]), value)
+
+
+@_register("BatchNormalization")
+def _batch_norm(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    if ctx.attr("training_mode", 0):
+        raise ctx.fail("training_mode=1: only inference BatchNormalization is supported")
+    if ctx.opset < 9 and not ctx.attr("spatial", 1):
+        raise ctx.fail("spatial=0 is not supported")
+    scale, bias, mean, var = (
+        ctx.const(i, what).astype(np.float64) for i, what in enumerate(("scale", "B", "mean", "var"), 1)
+    )
+    channels = x.shape[1] if x.ndim >= 2 else 0
+    if any(p.shape != (channels,) for p in (scale, bias, mean, var)):
+        raise ctx.fail(f"parameters must have shape [{channels}] for a rank-{x.ndim} input")
+    factor = scale / np.sqrt(var + float(ctx.attr("epsilon", 1e-5)))
+    shape = (channels,) + (1,) * (x.ndim - 2)
+    return Affine(factor.reshape(shape), (bias - mean * factor).reshape(shape))
+
+
+def _axis(ctx: NodeContext, axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ctx.fail(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _reshape_to(ctx: NodeContext, per_sample: Sequence[int]) -> nn.Module:
+    return Flatten() if len(per_sample) == 1 else Reshape(per_sample)
+
+
+@_register("Flatten")
+def _flatten(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    axis = ctx.attr("axis", 1)
+    if not -x.ndim <= axis <= x.ndim:
+        raise ctx.fail(f"axis {axis} is out of range for rank {x.ndim}")
+    axis = axis % x.ndim if axis != x.ndim else axis
+    # ONNX gives (prod(dims[:axis]), prod(dims[axis:])): that keeps the batch only if the
+    # dims between the batch and `axis` are all 1; axis 0 merges the batch unless it is fixed at 1.
+    if axis == 0 and not ctx.fixed_batch:
+        raise ctx.fail("axis=0 merges the batch dimension into the features")
+    if math.prod(x.shape[1:axis]) != 1:
+        raise ctx.fail(f"axis={axis} merges the batch dimension with dims {list(x.shape[1:axis])}")
+    return Flatten()
+
+
+@_register("Reshape")
+def _reshape(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    target = [int(d) for d in ctx.const(1, "shape")]
+    allowzero = int(ctx.attr("allowzero", 0))
+    if allowzero and 0 in target:
+        raise ctx.fail(f"shape {target} with allowzero=1 makes an empty tensor")
+    if not target:
+        raise ctx.fail("a reshape to a scalar drops the batch dimension")
+    full = list(x.shape)
+    # Index 0 is the batch dimension when it is -1 (inferred), 0 (copied from the input), or 1
+    # baked in by a file with a fixed batch of 1.
+    first = target[0]
+    if not (first in (-1, 0) or (first == 1 and ctx.fixed_batch)):
+        raise ctx.fail(f"shape {target} does not keep the batch dimension first")
+    rest = [full[i] if d == 0 and i < len(full) else d for i, d in enumerate(target)][1:]
+    numel = math.prod(full[1:])
+    if rest.count(-1) > 1 or any(d < -1 for d in rest):
+        raise ctx.fail(f"shape {target} is invalid")
+    if -1 in rest:
+        if first == -1:
+            raise ctx.fail(f"shape {target} has two -1 entries")
+        known = math.prod(d for d in rest if d != -1)
+        if known == 0 or numel % known:
+            raise ctx.fail(f"shape {target} does not divide the {numel} values of a sample")
+        rest = [numel // known if d == -1 else d for d in rest]
+    if math.prod(rest) != numel:
+        raise ctx.fail(
+            f"shape {ctx.const(1, 'shape').tolist()} moves values between samples "
+            f"(a sample has {numel} values, the shape leaves {math.prod(rest)})"
+        )
+    return _reshape_to(ctx, rest)
+
+
+def _axes(ctx: NodeContext) -> list[int] | None:
+    """Squeeze/Unsqueeze axes: an attribute before opset 13, an optional input since."""
+    if ctx.opset < 13:
+        axes = ctx.attr("axes")
+        return None if axes is None else [int(a) for a in axes]
+    axes_const = ctx.optional_const(1, "axes")
+    return None if axes_const is None else [int(a) for a in axes_const.reshape(-1)]
+
+
+@_register("Squeeze")
+def _squeeze(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    axes = _axes(ctx)
+    if axes is None:
+        if ctx.fixed_batch:
+            raise ctx.fail("Squeeze without axes would drop the fixed batch dimension of 1")
+        drop = {i for i in range(1, x.ndim) if x.shape[i] == 1}
+    else:
+        drop = {_axis(ctx, a, x.ndim) for a in axes}
+    if 0 in drop:
+        raise ctx.fail("squeezing the batch dimension is not supported")
+    if any(x.shape[i] != 1 for i in drop):
+        raise ctx.fail(f"axes {sorted(drop)} include a dimension that is not 1 in shape {list(x.shape[1:])}")
+    return _reshape_to(ctx, [d for i, d in enumerate(x.shape) if i and i not in drop])
+
+
+@_register("Unsqueeze")
+def _unsqueeze(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    axes = _axes(ctx)
+    if not axes:
+        raise ctx.fail("axes are required")
+    out_rank = x.ndim + len(axes)
+    inserted = {_axis(ctx, a, out_rank) for a in axes}
+    if 0 in inserted:
+        raise ctx.fail("a new axis before the batch dimension is not supported")
+    dims = iter(x.shape[1:])
+    shape = [1 if i in inserted else next(dims) for i in range(1, out_rank)]
+    return _reshape_to(ctx, shape)
+
+
+@_register("Transpose")
+def _transpose(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    perm = [int(p) for p in ctx.attr("perm") or range(x.ndim - 1, -1, -1)]
+    if sorted(perm) != list(range(x.ndim)):
+        raise ctx.fail(f"perm {perm} is not a permutation of rank {x.ndim}")
+    if perm[0] != 0:
+        raise ctx.fail(f"perm {perm} moves the batch dimension")
+    return Permute(perm)
+
+
+@_register("Concat")
+def _concat(ctx: NodeContext) -> nn.Module:
+    batched = ctx.batched_inputs()
+    if len(batched) != len([v for v in ctx.inputs if v is not None]):
+        raise ctx.fail("concatenating a constant with batched tensors is not supported")
+    ranks = {v.example.ndim for v in batched if v.example is not None}
+    if len(ranks) != 1:
+        raise ctx.fail(f"inputs have different ranks {sorted(ranks)}")
+    axis = _axis(ctx, int(ctx.attr("axis", 1)), ranks.pop())
+    if axis == 0:
+        raise ctx.fail("concatenating along the batch dimension is not supported")
+    return Concat(axis)
+
+
+# --------------------------------------------------------------------------------------------------
+# The graph module
+# --------------------------------------------------------------------------------------------------
+
+
+class _Step(NamedTuple):
+    key: str  # in OnnxGraphModule.nodes
+    inputs: tuple[str, ...]  # ONNX names of the batched inputs, in the order the module takes them
+    output: str
+    onnx_node: str  # for messages and repr
+
+
+class OnnxGraphModule(nn.Module):
+    """Runs the converted nodes in the ONNX graph's (topological) order.
+
+    The walk is a fixed Python list: tracing unrolls it, so the traced graph holds only the node
+    modules' torch ops, whatever the batch size.
+    """
+
+    def __init__(self, input_name: str, output_name: str, nodes: dict[str, nn.Module], steps: list[_Step]) -> None:
+        super().__init__()
+        self.input_name = input_name
+        self.output_name = output_name
+        self.nodes = nn.ModuleDict(nodes)
+        self.steps = list(steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {self.input_name: x}
+        for step in self.steps:
+            values[step.output] = self.nodes[step.key](*[values[name] for name in step.inputs])
+        return values[self.output_name]
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """An ONNX classifier as a torch module, with the facts the verifier needs about its input."""
+
+    module: nn.Module  # eval mode, float32, no gradients on weights; maps (N, *input_shape) → (N, ...)
+    input_shape: tuple[int, ...]  # per sample, without the batch dimension
+    input_name: str
+    output_name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    output_shape: tuple[int, ...] = ()  # per sample
+    fixed_batch: bool = False  # the file bakes in a batch of 1 (onnxruntime runs one sample at a time)
+    max_abs_diff: float | None = None  # largest |torch - onnxruntime| seen by import_onnx's check
+
+
+def _graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, str]:
+    """The one model input (initializers listed as inputs do not count) and the one output name."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelError(f"the ONNX graph has {len(inputs)} inputs {[i.name for i in inputs]}; expected one")
+    if len(graph.output) != 1:
+        raise ModelError(
+            f"the ONNX graph has {len(graph.output)} outputs {[o.name for o in graph.output]}; expected one"
+        )
+    return inputs[0], graph.output[0].name
+
+
+def _input_signature(value: onnx.ValueInfoProto) -> tuple[tuple[int, ...], bool]:
+    """(per-sample shape, whether the batch is fixed at 1): the first axis is the batch."""
+    tensor_type = value.type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise ModelError(f"input {value.name!r} has element type {kind}; only float32 inputs are supported")
+    if not tensor_type.HasField("shape") or len(tensor_type.shape.dim) < 2:
+        raise ModelError(
+            f"input {value.name!r} needs a shape of rank >= 2: a batch dimension, then the sample's dimensions"
+        )
+    batch, *dims = tensor_type.shape.dim
+    fixed = batch.HasField("dim_value")
+    if fixed and batch.dim_value != 1:
+        raise ModelError(
+            f"input {value.name!r} has a fixed first dimension {batch.dim_value}; expected a batch dimension "
+            "(dynamic or 1)"
+        )
+    shape = []
+    for i, dim in enumerate(dims, 1):
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            raise ModelError(f"dimension {i} of input {value.name!r} is not a fixed size")
+        shape.append(int(dim.dim_value))
+    return tuple(shape), fixed
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    return 1
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    attrs = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        attrs[attribute.name] = value.decode() if isinstance(value, bytes) else value
+    return attrs
+
+
+def _needed_nodes(graph: onnx.GraphProto, output: str) -> set[int]:
+    """Indices of the nodes the output depends on: dead nodes may hold ops we need not support."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    needed: set[int] = set()
+    stack = [output]
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            stack.extend(name for name in graph.node[index].input if name)
+    return needed
+
+
+def _fold(model: onnx.ModelProto, node: onnx.NodeProto, inputs: Sequence[_Value | None]) -> list[np.ndarray]:
+    """Evaluate a node whose inputs are all constants (shape arithmetic, Constant) at import time."""
+    from onnx.reference import ReferenceEvaluator  # imported on first use: it is slow to import
+
+    initializers = [numpy_helper.from_array(v.const, v.name) for v in inputs if v is not None and v.const is not None]
+    graph = onnx.helper.make_graph(
+        [node],
+        "fold",
+        [],
+        [onnx.helper.make_empty_tensor_value_info(name) for name in node.output if name],
+        initializer=initializers,
+    )
+    single = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    try:
+        return [np.asarray(out) for out in ReferenceEvaluator(single).run(None, {})]
+    except Exception as exc:  # the reference evaluator raises many types for ops it cannot run
+        raise ModelError(
+            f"cannot fold the constant {node.op_type} node {_node_label(node)}: {_one_line(exc)}"
+        ) from exc
+
+
+def _unsupported(node: onnx.NodeProto) -> ModelError:
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    return ModelError(
+        f"unsupported ONNX op {op} (node {_node_label(node)}); supported ops: {', '.join(supported_ops())}"
+    )
+
+
+def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
+    """Convert a (checked) ONNX classifier into a batch-first torch module made of plain torch ops."""
+    graph = model.graph
+    input_value, output_name = _graph_io(model)
+    input_shape, fixed_batch = _input_signature(input_value)
+    opset = _default_opset(model)
+    values: dict[str, _Value] = {
+        init.name: _Value(init.name, numpy_helper.to_array(init), None) for init in graph.initializer
+    }
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand((_EXAMPLE_BATCH, *input_shape), generator=generator)
+    values[input_value.name] = _Value(input_value.name, None, example)
+    needed = _needed_nodes(graph, output_name)
+    consumed = {name for i in needed for name in graph.node[i].input} | {output_name}
+
+    nodes: dict[str, nn.Module] = {}
+    steps: list[_Step] = []
+    for index, node in enumerate(graph.node):
+        if index not in needed:
+            continue
+        try:
+            inputs = tuple(values[name] if name else None for name in node.input)
+        except KeyError as exc:
+            raise ModelError(f"node {_node_label(node)} reads {exc.args[0]!r}, which nothing defines") from exc
+        standard = node.domain in ("", "ai.onnx")
+        if standard and node.op_type not in _NONDETERMINISTIC and all(v is None or not v.batched for v in inputs):
+            for name, array in zip(node.output, _fold(model, node, inputs), strict=False):
+                values[name] = _Value(name, array, None)
+            continue
+        converter = CONVERTERS.get(node.op_type) if standard else None
+        if converter is None:
+            raise _unsupported(node)
+        ctx = NodeContext(node, _attributes(node), inputs, opset, fixed_batch)
+        extra = [name for name in node.output[1:] if name and name in consumed]
+        if extra:
+            raise ctx.fail(f"its extra outputs {extra} are used; only the first output is supported")
+        module = converter(ctx).eval()
+        batched = [v for v in inputs if v is not None and v.batched]
+        try:
+            with torch.no_grad():
+                out = module(*[v.example for v in batched])
+        except Exception as exc:  # shape errors surface here, as ones onnxruntime would also raise
+            raise ctx.fail(f"torch cannot run it on the example batch: {_one_line(exc)}") from exc
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != _EXAMPLE_BATCH:
+            raise ctx.fail("its output lost the batch dimension")
+        key = f"{re.sub(r'(?<!^)(?=[A-Z])', '_', node.op_type).lower()}_{len(steps)}"
+        nodes[key] = module
+        steps.append(_Step(key, tuple(v.name for v in batched), node.output[0], _node_label(node)))
+        values[node.output[0]] = _Value(node.output[0], None, out)
+
+    result = values.get(output_name)
+    if result is None or result.example is None:
+        raise ModelError(f"the output {output_name!r} does not depend on the input {input_value.name!r}")
+    module = OnnxGraphModule(input_value.name, output_name, nodes, steps).float().eval()
+    module.requires_grad_(False)
+    return ImportedModel(
+        module=module,
+        input_shape=input_shape,
+        input_name=input_value.name,
+        output_name=output_name,
+        metadata={prop.key: prop.value for prop in model.metadata_props},
+        output_shape=tuple(result.example.shape[1:]),
+        fixed_batch=fixed_batch,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, and onnxruntime as the referee
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_finite(model: onnx.ModelProto) -> None:
+    """NaN/Inf weights make every bound NaN; name the culprit instead."""
+    tensors = [(f"initializer {t.name!r}", t) for t in model.graph.initializer]
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                tensors.append((f"constant of node {_node_label(node)}", attribute.t))
+    for what, tensor in tensors:
+        array = numpy_helper.to_array(tensor)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ModelError(f"{what} contains NaN or Inf values")
+
+
+def load_onnx(path: PathLike) -> onnx.ModelProto:
+    """Read and check an ONNX file; every way it can be unusable becomes a one-line ModelError."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"ONNX file not found: {file}")
+    try:
+        model = onnx.load(str(file))
+    except Exception as exc:  # protobuf DecodeError, onnx errors, missing external data, ...
+        raise ModelError(f"cannot read ONNX file {file}: {_one_line(exc)}") from exc
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, or a C++ error for a malformed proto
+        raise ModelError(f"invalid ONNX model {file}: {_one_line(exc)}") from exc
+    _graph_io(model)
+    _check_finite(model)
+    return model
+
+
+def _ort_outputs(model: onnx.ModelProto, x: np.ndarray, label: str) -> np.ndarray:
+    """onnxruntime's outputs for x, one sample per run when the file fixes the batch at 1."""
+    import onnxruntime as ort  # slow to import; only the referee needs it
+
+    input_value, output_name = _graph_io(model)
+    _, fixed_batch = _input_signature(input_value)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        if fixed_batch:
+            runs = [session.run([output_name], {input_value.name: x[i : i + 1]})[0] for i in range(len(x))]
+            return np.concatenate(runs, axis=0)
+        return np.asarray(session.run([output_name], {input_value.name: x})[0])
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument, ...)
+        raise ModelError(f"onnxruntime cannot run {label}: {_one_line(exc)}") from exc
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b|; NaN on one side only counts as infinitely far, NaN on both as equal."""
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
+    return float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
+
+
+def _validate(model: onnx.ModelProto, module: nn.Module, x: np.ndarray, atol: float, label: str) -> float:
+    input_value, _ = _graph_io(model)
+    input_shape, _ = _input_signature(input_value)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape or len(x) == 0:
+        raise ModelError(
+            f"samples of shape {list(x.shape)} do not fit {label}: expected [N, {', '.join(map(str, input_shape))}]"
+        )
+    expected = _ort_outputs(model, x, label)
+    tensors = [*module.parameters(), *module.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    with torch.no_grad():
+        got = module(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    if got.shape != expected.shape:
+        raise ModelError(
+            f"the torch module gives outputs of shape {list(got.shape)} but onnxruntime "
+            f"{list(expected.shape)} for {label}"
+        )
+    diff = _max_abs_diff(got, expected)
+    if not diff <= atol:
+        raise ModelError(
+            f"the imported module disagrees with onnxruntime on {label}: max |diff| = {diff:.3g} > atol {atol:g}"
+        )
+    return diff
+
+
+def validate_against_onnxruntime(
+    path_or_model: PathLike | onnx.ModelProto, module: nn.Module, x: np.ndarray, atol: float = 1e-4
+) -> float:
+    """Run onnxruntime and `module` on the batch x; raise ModelError if they differ by more than atol.
+
+    Bounds are computed on the torch module but the property is about the ONNX file, so any
+    disagreement must stop the check rather than certify the wrong network. Returns the max diff.
+    """
+    if isinstance(path_or_model, onnx.ModelProto):
+        return _validate(path_or_model, module, x, atol, "the ONNX model")
+    return _validate(load_onnx(path_or_model), module, x, atol, str(path_or_model))
+
+
+def import_onnx(
+    path: PathLike,
+    *,
+    samples: np.ndarray | None = None,
+    lower: float | np.ndarray | None = None,
+    upper: float | np.ndarray | None = None,
+    n_random: int = 16,
+    seed: int = 0,
+    atol: float = 1e-4,
+) -> ImportedModel:
+    """Load, convert and cross-check an ONNX classifier against onnxruntime, failing loudly.
+
+    The check runs on `samples` if given, else on `n_random` seeded points uniform in
+    [lower, upper] (default [0, 1]; scalars or arrays broadcasting to the input shape).
+    """
+    model = load_onnx(path)
+    imported = onnx_to_torch(model)
+    shape = imported.input_shape
+    if samples is not None:
+        x = np.asarray(samples, dtype=np.float32)
+        if x.shape == shape:
+            x = x[None]
+    else:
+        try:
+            lo = np.broadcast_to(np.asarray(0.0 if lower is None else lower, dtype=np.float64), (n_random, *shape))
+            hi = np.broadcast_to(np.asarray(1.0 if upper is None else upper, dtype=np.float64), (n_random, *shape))
+        except ValueError as exc:
+            raise ModelError(f"lower/upper do not broadcast to the input shape {list(shape)}") from exc
+        if (lo > hi).any():
+            raise ModelError("lower exceeds upper for some input coordinate")
+        x = np.random.default_rng(seed).uniform(lo, hi).astype(np.float32)
+    diff = _validate(model, imported.module, x, atol, str(path))
+    return replace(imported, max_abs_diff=diff)
