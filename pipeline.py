@@ -94,7 +94,11 @@ def train_run(
             "test_accuracy_onnxruntime": onnx_acc,
             "export": {"opset": report.opset, "ops": report.ops, "max_abs_diff": report.max_abs_diff},
             "seconds": seconds,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__},
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "onnxruntime": ort.__version__,
+            },
         },
     )
     return result

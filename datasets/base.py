@@ -108,15 +108,11 @@ class Splits:
         return self.train if name == "train" else self.test
 
 
-def stratified_split(
-    n: int, y: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified row indices (train, test), each sorted so ids keep their file order."""
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    train_idx, test_idx = train_test_split(
-        np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify
-    )
+    train_idx, test_idx = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify)
     return np.sort(train_idx), np.sort(test_idx)
 
 

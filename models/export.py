@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ def export_onnx(
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export failed: {first}") from exc
+    if program is None:
+        raise ExportError("ONNX export produced no program")
     proto = program.model_proto
     props = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
     onnx.helper.set_model_props(proto, props)
@@ -108,17 +112,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
-class _quiet_exporter:
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
     """The dynamo exporter logs warnings about torchvision ops it cannot register: noise to a user."""
-
-    def __enter__(self) -> None:
-        self._logger = logging.getLogger("torch.onnx")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        self._warnings.__exit__(*exc)
-        self._logger.setLevel(self._level)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -29,9 +29,7 @@ def _mlp(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module
 
 def _cnn(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(input_shape) != 3:
-        raise ModelError(
-            f"model.arch cnn needs image input (channels, height, width); the data gives {input_shape}"
-        )
+        raise ModelError(f"model.arch cnn needs image input (channels, height, width); the data gives {input_shape}")
     channels, height, width = input_shape
     layers: list[nn.Module] = []
     pad = spec.kernel_size // 2  # 'same'-style padding: a feature map never shrinks below 1x1

@@ -80,7 +80,7 @@ class LoanData(_DataBase):
         return Path(value).expanduser() if isinstance(value, str) else value
 
 
-DataSpec = Annotated[Union[MixtureData, DigitsData, LoanData], Field(discriminator="dataset")]
+DataSpec = Annotated[MixtureData | DigitsData | LoanData, Field(discriminator="dataset")]
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -99,7 +99,7 @@ class CnnSpec(_Strict):
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
 
 
-ModelSpec = Annotated[Union[MlpSpec, CnnSpec], Field(discriminator="arch")]
+ModelSpec = Annotated[MlpSpec | CnnSpec, Field(discriminator="arch")]
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -204,9 +204,7 @@ class VerifySpec(_Strict):
 class AttackSpec(_Strict):
     steps: PositiveInt = 50
     restarts: PositiveInt = 3
-    step_size: PositiveFloat | None = Field(
-        None, description="step as a multiple of epsilon; default 2.5/steps"
-    )
+    step_size: PositiveFloat | None = Field(None, description="step as a multiple of epsilon; default 2.5/steps")
     loss: Literal["margin", "ce"] = "margin"
     seed: int = 0
 
@@ -253,16 +251,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def resolve_spec_path(ref: str | Path) -> Path:
@@ -286,7 +280,7 @@ def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     """
     path = resolve_spec_path(ref)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -348,8 +342,8 @@ def _describe(err: Any) -> str:
         return f"{where}.{field}: required key is missing"
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
-        given = str(err.get("input"))
-        return f"{where}: invalid value {err.get('input')!r}{_did_you_mean(given, options)} (choose from {', '.join(options)})"
+        hint = _did_you_mean(str(err.get("input")), options)
+        return f"{where}: invalid value {err.get('input')!r}{hint} (choose from {', '.join(options)})"
     message = str(err["msg"]).removeprefix("Value error, ")
     return f"{where}: {message} (got {err.get('input')!r})"
 

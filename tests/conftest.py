@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import tiny_spec_dict
-
 from uverify.specs.schema import Spec, validate_spec
+
+from helpers import tiny_spec_dict
 
 
 @pytest.fixture

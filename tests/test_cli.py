@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from click.testing import CliRunner
-from helpers import tiny_spec_dict
 from safetensors.torch import load_file
 
 from uverify.cli import cli
 from uverify.datasets import load
 from uverify.specs import load_spec
+
+from helpers import tiny_spec_dict
 
 
 def _invoke(*args: str):  # type: ignore[no-untyped-def]

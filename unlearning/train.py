@@ -88,7 +88,9 @@ class Trainer:
                     idx = order[start : start + self.cfg.batch_size]
                     xb, yb = X[idx], y[idx]
                     if self.attack is not None and self.adversarial is not None:
-                        xb = self.attack.run(self.model, xb, yb, self.adversarial.epsilon, lower, upper, self.attack_gen).x_adv
+                        xb = self.attack.run(
+                            self.model, xb, yb, self.adversarial.epsilon, lower, upper, self.attack_gen
+                        ).x_adv
                     self.model.train()
                     logits = self.model(xb)
                     loss = nn.functional.cross_entropy(logits, yb)
@@ -100,7 +102,9 @@ class Trainer:
                     total_loss += float(loss.detach()) * len(idx)
                     correct += int((logits.argmax(1) == yb).sum())
                     bar.update(1)
-                metrics = EpochMetrics(epoch, total_loss / len(data), correct / len(data), time.perf_counter() - started)
+                metrics = EpochMetrics(
+                    epoch, total_loss / len(data), correct / len(data), time.perf_counter() - started
+                )
                 history.append(metrics)
                 bar.set_postfix(epoch=epoch, loss=f"{metrics.loss:.4f}", acc=f"{metrics.train_accuracy:.3f}")
         finally:

@@ -69,7 +69,9 @@ class PGD(ABC):
         """A random perturbation inside the eps-ball."""
 
     @abstractmethod
-    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    def direction(
+        self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> torch.Tensor:
         """The steepest-ascent direction of unit norm for this norm."""
 
     @abstractmethod
@@ -150,7 +152,9 @@ class LinfPGD(PGD):
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
         return (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
 
-    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    def direction(
+        self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> torch.Tensor:
         return grad.sign()
 
     def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -167,7 +171,9 @@ class L2PGD(PGD):
         radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
         return direction * radius * eps
 
-    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    def direction(
+        self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> torch.Tensor:
         return grad / _flat_norm(grad, 2).clamp_min(1e-12)
 
     def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -189,11 +195,13 @@ class L1PGD(PGD):
         radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
         return direction * radius * eps
 
-    def direction(self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    def direction(
+        self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> torch.Tensor:
         # coordinates already at the domain's edge and pushed outward cannot move: skip them
         blocked = ((x_adv <= lower) & (grad < 0)) | ((x_adv >= upper) & (grad > 0))
         g = grad.masked_fill(blocked, 0.0).flatten(1)
-        k = max(1, int(round((1 - self.sparsity_quantile) * g.shape[1])))
+        k = max(1, round((1 - self.sparsity_quantile) * g.shape[1]))
         top = g.abs().topk(k, dim=1).indices
         e = torch.zeros_like(g).scatter(1, top, g.gather(1, top).sign())
         e = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
