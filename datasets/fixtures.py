@@ -61,10 +61,11 @@ PURPOSES = (
     "renewable_energy",
     "educational",
 )
-STATES = tuple(
+_STATE_CODES = (
     "CA NY TX FL IL NJ PA OH GA VA NC MI MD AZ MA CO WA MN IN MO TN CT NV WI AL OR SC LA KY OK KS "
-    "AR UT NM MS HI NH RI WV NE MT DE DC AK WY VT SD ME ID ND IA".split()
+    "AR UT NM MS HI NH RI WV NE MT DE DC AK WY VT SD ME ID ND IA"
 )
+STATES = tuple(_STATE_CODES.split())
 JOBS = ("Teacher", "Manager", "Registered Nurse", "Driver", "Owner", "Sales", "", 'Supervisor, "Ops"')
 FREE_TEXT = frozenset({"emp_title", "title", "desc"})  # the only filled columns that may need quotes
 ROWS_PER_BLOCK = 32_768  # rows assembled at once: bounds the byte matrix to a few tens of MB
@@ -132,12 +133,12 @@ def loan_columns(n_rows: int, seed: int = 0, *, old_style: bool = False) -> dict
     inq = _blank(rng.poisson(0.6 + 0.03 * risk), rng, 0.0005)
 
     logit = (
-        -1.7
-        + 0.09 * (risk - 10)
-        + 0.035 * (np.nan_to_num(dti, nan=18.0) - 18.0)
-        + 0.45 * (term == 60)
-        - 0.5 * np.log(annual_inc / 65000)
-        + 0.1 * np.nan_to_num(inq)
+        -2.5
+        + 0.2 * (risk - 10)
+        + 0.08 * (np.nan_to_num(dti, nan=18.0) - 18.0)
+        + 0.8 * (term == 60)
+        - 1.0 * np.log(annual_inc / 65000)
+        + 0.2 * np.nan_to_num(inq)
     )
     defaulted = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
     still_open = rng.random(n) < np.clip((issued // 12 - 2014) / 4.5, 0.05, 0.9)
@@ -180,9 +181,7 @@ def loan_columns(n_rows: int, seed: int = 0, *, old_style: bool = False) -> dict
         "emp_length": _pick(rng, EMP_LENGTHS, [8, 6, 9, 8, 6, 6, 5, 4, 4, 4, 33, 1, 6], n),
         "home_ownership": _pick(rng, HOME, [0.49, 0.40, 0.107, 0.002, 0.0005, 0.0005], n),
         "annual_inc": _text(annual_inc, 1),
-        "verification_status": _pick(
-            rng, ("Source Verified", "Verified", "Not Verified"), [0.39, 0.28, 0.33], n
-        ),
+        "verification_status": _pick(rng, ("Source Verified", "Verified", "Not Verified"), [0.39, 0.28, 0.33], n),
         "issue_d": _dates(issued),
         "loan_status": status,
         "pymnt_plan": _const(n, "n"),
@@ -302,8 +301,10 @@ def write_loan_csv(
 
     def text(rows: list[list[str]]) -> bytes:
         buffer = io.StringIO()
-        quoting = csv.QUOTE_ALL if preamble else csv.QUOTE_MINIMAL
-        csv.writer(buffer, lineterminator="\n", quoting=quoting).writerows(rows)
+        if preamble:
+            csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+        else:
+            csv.writer(buffer, lineterminator="\n").writerows(rows)
         return buffer.getvalue().encode("utf-8")
 
     summary = [[t if c == "id" else "" for c in header] for t in SUMMARY_ROWS] if summary_rows else []

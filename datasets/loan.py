@@ -35,7 +35,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,7 @@ from uverify.datasets.preprocess import StandardScaler
 from uverify.errors import DataError
 
 FILE_NAME = "accepted_2007_to_2018Q4.csv"
-SOURCE = (
-    "Lending Club's accepted-loans data, e.g. the Kaggle data set 'wordsforthewise/lending-club'"
-)
+SOURCE = "Lending Club's accepted-loans data, e.g. the Kaggle data set 'wordsforthewise/lending-club'"
 CLASS_NAMES = ["paid", "default"]
 TARGET_COLUMN = "loan_status"
 ID_COLUMN = "id"
@@ -148,38 +146,39 @@ POST_ORIGINATION = (
 # The 151 columns of accepted_2007_to_2018Q4.csv, in file order.
 COLUMNS = tuple(
     """
-id member_id loan_amnt funded_amnt funded_amnt_inv term int_rate installment grade sub_grade
-emp_title emp_length home_ownership annual_inc verification_status issue_d loan_status pymnt_plan
-url desc purpose title zip_code addr_state dti delinq_2yrs earliest_cr_line fico_range_low
-fico_range_high inq_last_6mths mths_since_last_delinq mths_since_last_record open_acc pub_rec
-revol_bal revol_util total_acc initial_list_status out_prncp out_prncp_inv total_pymnt
-total_pymnt_inv total_rec_prncp total_rec_int total_rec_late_fee recoveries collection_recovery_fee
-last_pymnt_d last_pymnt_amnt next_pymnt_d last_credit_pull_d last_fico_range_high
-last_fico_range_low collections_12_mths_ex_med mths_since_last_major_derog policy_code
-application_type annual_inc_joint dti_joint verification_status_joint acc_now_delinq tot_coll_amt
-tot_cur_bal open_acc_6m open_act_il open_il_12m open_il_24m mths_since_rcnt_il total_bal_il il_util
-open_rv_12m open_rv_24m max_bal_bc all_util total_rev_hi_lim inq_fi total_cu_tl inq_last_12m
-acc_open_past_24mths avg_cur_bal bc_open_to_buy bc_util chargeoff_within_12_mths delinq_amnt
-mo_sin_old_il_acct mo_sin_old_rev_tl_op mo_sin_rcnt_rev_tl_op mo_sin_rcnt_tl mort_acc
-mths_since_recent_bc mths_since_recent_bc_dlq mths_since_recent_inq mths_since_recent_revol_delinq
-num_accts_ever_120_pd num_actv_bc_tl num_actv_rev_tl num_bc_sats num_bc_tl num_il_tl num_op_rev_tl
-num_rev_accts num_rev_tl_bal_gt_0 num_sats num_tl_120dpd_2m num_tl_30dpd num_tl_90g_dpd_24m
-num_tl_op_past_12m pct_tl_nvr_dlq percent_bc_gt_75 pub_rec_bankruptcies tax_liens tot_hi_cred_lim
-total_bal_ex_mort total_bc_limit total_il_high_credit_limit revol_bal_joint sec_app_fico_range_low
-sec_app_fico_range_high sec_app_earliest_cr_line sec_app_inq_last_6mths sec_app_mort_acc
-sec_app_open_acc sec_app_revol_util sec_app_open_act_il sec_app_num_rev_accts
-sec_app_chargeoff_within_12_mths sec_app_collections_12_mths_ex_med
-sec_app_mths_since_last_major_derog hardship_flag hardship_type hardship_reason hardship_status
-deferral_term hardship_amount hardship_start_date hardship_end_date payment_plan_start_date
-hardship_length hardship_dpd hardship_loan_status orig_projected_additional_accrued_interest
-hardship_payoff_balance_amount hardship_last_payment_amount disbursement_method
-debt_settlement_flag debt_settlement_flag_date settlement_status settlement_date settlement_amount
-settlement_percentage settlement_term
-""".split()
+id member_id loan_amnt funded_amnt funded_amnt_inv term int_rate installment grade sub_grade emp_title
+emp_length home_ownership annual_inc verification_status issue_d loan_status pymnt_plan url desc purpose title
+zip_code addr_state dti delinq_2yrs earliest_cr_line fico_range_low fico_range_high inq_last_6mths
+mths_since_last_delinq mths_since_last_record open_acc pub_rec revol_bal revol_util total_acc
+initial_list_status out_prncp out_prncp_inv total_pymnt total_pymnt_inv total_rec_prncp total_rec_int
+total_rec_late_fee recoveries collection_recovery_fee last_pymnt_d last_pymnt_amnt next_pymnt_d
+last_credit_pull_d last_fico_range_high last_fico_range_low collections_12_mths_ex_med
+mths_since_last_major_derog policy_code application_type annual_inc_joint dti_joint verification_status_joint
+acc_now_delinq tot_coll_amt tot_cur_bal open_acc_6m open_act_il open_il_12m open_il_24m mths_since_rcnt_il
+total_bal_il il_util open_rv_12m open_rv_24m max_bal_bc all_util total_rev_hi_lim inq_fi total_cu_tl
+inq_last_12m acc_open_past_24mths avg_cur_bal bc_open_to_buy bc_util chargeoff_within_12_mths delinq_amnt
+mo_sin_old_il_acct mo_sin_old_rev_tl_op mo_sin_rcnt_rev_tl_op mo_sin_rcnt_tl mort_acc mths_since_recent_bc
+mths_since_recent_bc_dlq mths_since_recent_inq mths_since_recent_revol_delinq num_accts_ever_120_pd
+num_actv_bc_tl num_actv_rev_tl num_bc_sats num_bc_tl num_il_tl num_op_rev_tl num_rev_accts num_rev_tl_bal_gt_0
+num_sats num_tl_120dpd_2m num_tl_30dpd num_tl_90g_dpd_24m num_tl_op_past_12m pct_tl_nvr_dlq percent_bc_gt_75
+pub_rec_bankruptcies tax_liens tot_hi_cred_lim total_bal_ex_mort total_bc_limit total_il_high_credit_limit
+revol_bal_joint sec_app_fico_range_low sec_app_fico_range_high sec_app_earliest_cr_line sec_app_inq_last_6mths
+sec_app_mort_acc sec_app_open_acc sec_app_revol_util sec_app_open_act_il sec_app_num_rev_accts
+sec_app_chargeoff_within_12_mths sec_app_collections_12_mths_ex_med sec_app_mths_since_last_major_derog
+hardship_flag hardship_type hardship_reason hardship_status deferral_term hardship_amount hardship_start_date
+hardship_end_date payment_plan_start_date hardship_length hardship_dpd hardship_loan_status
+orig_projected_additional_accrued_interest hardship_payoff_balance_amount hardship_last_payment_amount
+disbursement_method debt_settlement_flag debt_settlement_flag_date settlement_status settlement_date
+settlement_amount settlement_percentage settlement_term
+""".split()  # noqa: SIM905 (151 names read best as the header they are)
 )
 
-_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
+_MONTHS = {
+    m.lower(): i
+    for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"))
+}
 _DATE = re.compile(r"^([A-Za-z]{3})-(\d{4})$")
+Gzip = Literal["gzip"] | None
 _READ_ERRORS = (ValueError, OSError, EOFError, zlib.error)
 
 
@@ -194,19 +193,16 @@ def resolve_path(path: Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        found = _find_in(path)
-        if found is None:
-            found = next(
-                (f for d in sorted(path.iterdir()) if d.is_dir() and (f := _find_in(d)) is not None),
-                None,
-            )
-        if found is not None:
-            return found
+        for folder in [path, *sorted(d for d in path.iterdir() if d.is_dir())]:
+            found = _find_in(folder)
+            if found is not None:
+                return found
     elif path.with_name(path.name + ".gz").is_file():
         return path.with_name(path.name + ".gz")
+    where = f"in the folder {path}" if path.is_dir() else f"at {path}"
     raise DataError(
-        f"Lending Club data not found at {path}: expected {FILE_NAME} (or {FILE_NAME}.gz), "
-        f"{SOURCE}; it is not downloaded automatically, so download it and point data.path at it"
+        f"Lending Club data not found: no {FILE_NAME} (or {FILE_NAME}.gz) {where}; it is "
+        f"{SOURCE}, and it is not downloaded automatically: download it and point data.path at it"
     )
 
 
@@ -220,13 +216,13 @@ def _find_in(folder: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _compression(path: Path) -> str | None:
+def _compression(path: Path) -> Gzip:
     """gzip by content, not name: a .gz renamed to .csv still loads."""
     with open(path, "rb") as handle:
         return "gzip" if handle.read(2) == b"\x1f\x8b" else None
 
 
-def _skip_preamble(path: Path, compression: str | None) -> int:
+def _skip_preamble(path: Path, compression: Gzip) -> int:
     """1 if the file opens with LendingClub's one-line "Notes offered by Prospectus" preamble."""
     opener: Callable[..., Any] = gzip.open if compression == "gzip" else open
     with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
@@ -264,9 +260,7 @@ def _number(s: pd.Series) -> np.ndarray:
 
 def _term(s: pd.Series) -> np.ndarray:
     """ " 36 months" -> 36."""
-    return _finite(
-        _per_value(s, lambda u: pd.to_numeric(u.str.extract(r"(\d+)", expand=False), errors="coerce"))
-    )
+    return _finite(_per_value(s, lambda u: pd.to_numeric(u.str.extract(r"(\d+)", expand=False), errors="coerce")))
 
 
 def _emp_length(s: pd.Series) -> np.ndarray:
@@ -297,7 +291,7 @@ _PARSERS: dict[str, Callable[[pd.Series], np.ndarray]] = {
 }
 
 
-def _chunks(path: Path, compression: str | None, skip: int) -> Iterator[pd.DataFrame]:
+def _chunks(path: Path, compression: Gzip, skip: int) -> Iterator[pd.DataFrame]:
     wanted = set(REQUIRED)
     reader = pd.read_csv(
         path,
@@ -316,7 +310,7 @@ def _chunks(path: Path, compression: str | None, skip: int) -> Iterator[pd.DataF
             yield chunk
 
 
-def _check_header(path: Path, compression: str | None, skip: int) -> None:
+def _check_header(path: Path, compression: Gzip, skip: int) -> None:
     header = pd.read_csv(
         path,
         compression=compression,
@@ -329,13 +323,13 @@ def _check_header(path: Path, compression: str | None, skip: int) -> None:
     missing = [c for c in REQUIRED if c not in present]
     if len(missing) == len(REQUIRED):
         raise DataError(
-            f"{path}: not a Lending Club accepted-loans csv: its header has none of the required "
-            f"columns ({', '.join(REQUIRED)})"
+            f"{path}: not a Lending Club accepted-loans csv: its header has none of the "
+            f"{len(REQUIRED)} required columns ({', '.join(REQUIRED[:4])}, ...)"
         )
     if missing:
         raise DataError(
-            f"{path}: missing required column(s) {', '.join(missing)} "
-            f"(a Lending Club accepted-loans csv, {FILE_NAME}, has all of {', '.join(REQUIRED)})"
+            f"{path}: missing required column(s) {', '.join(missing)}; a Lending Club accepted-loans csv "
+            f"({FILE_NAME}) has them"
         )
 
 
@@ -380,6 +374,8 @@ def _guarded(path: Path, chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFram
 def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, _Codes]]:
     """The labelled rows of the file: ids, y, raw numeric features (float64, NaN = missing) and
     categorical codes, parsed chunk by chunk."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (expected {FILE_NAME}, {SOURCE})")
     try:
         compression = _compression(path)
         skip = _skip_preamble(path, compression)
@@ -408,8 +404,7 @@ def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[
             cats[column].add(part[column])
     if sum(len(i) for i in ids) == 0:
         raise DataError(
-            f"{path}: no labelled loans among its {rows} data rows (loan_status must be one of "
-            f"{', '.join(TARGET)})"
+            f"{path}: no labelled loans among its {rows} data rows (loan_status must be one of {', '.join(TARGET)})"
         )
     return np.concatenate(ids), np.concatenate(ys), np.concatenate(nums), cats
 
@@ -426,6 +421,7 @@ def _medians(raw: np.ndarray) -> np.ndarray:
 
 
 def load(spec: Any) -> Splits:
+    """Train/test splits of the labelled loans in `spec.path`, preprocessed as the module says."""
     path = resolve_path(spec.path)
     ids, y, raw, cats = read_labelled(path)
     codes = {c: cats[c].codes() for c in CATEGORICAL}
@@ -438,32 +434,36 @@ def load(spec: Any) -> Splits:
     try:
         train_idx, test_idx = stratified_split(len(ids), y, spec.test_fraction, spec.seed)
     except ValueError as err:
-        raise DataError(
-            f"{path}: cannot split {len(ids)} labelled loans into train and test ({err})"
-        ) from None
+        raise DataError(f"{path}: cannot split {len(ids)} labelled loans into train and test ({err})") from None
 
     medians = _medians(raw[train_idx])
-    filled = np.where(np.isnan(raw), medians, raw)
-    scaler = StandardScaler.fit(filled[train_idx], spec.clip)
-    blocks = [scaler.transform(filled)]
+    raw = np.where(np.isnan(raw), medians, raw)  # imputed
+    scaler = StandardScaler.fit(raw[train_idx], spec.clip)
     names = list(NUMERIC_FEATURES)
+    positions: dict[str, np.ndarray] = {}  # per column: vocabulary code -> one-hot slot (-1: none)
     categories: dict[str, list[str]] = {}
     for column in CATEGORICAL:
-        vocab, column_codes = cats[column].names(), codes[column]
-        train_codes = np.unique(column_codes[train_idx])
+        vocab = cats[column].names()
+        train_codes = np.unique(codes[column][train_idx])
         train_codes = train_codes[train_codes >= 0]
         order = np.argsort(vocab[train_codes].astype(str), kind="stable")
-        seen = [str(v) for v in vocab[train_codes][order]]
-        position = np.full(len(vocab) + 1, -1, dtype=np.int64)  # last slot: missing (-1)
-        position[train_codes[order]] = np.arange(len(seen))
-        column_pos = position[column_codes]  # unseen in train or missing -> -1
-        onehot = np.zeros((len(ids), len(seen)), dtype=np.float32)
-        rows = np.flatnonzero(column_pos >= 0)
-        onehot[rows, column_pos[rows]] = 1.0
-        blocks.append(onehot)
-        names += [f"{column}={v}" for v in seen]
-        categories[column] = seen
-    X = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+        categories[column] = [str(v) for v in vocab[train_codes][order]]
+        position = np.full(len(vocab) + 1, -1, dtype=np.int64)  # last slot: missing (code -1)
+        position[train_codes[order]] = np.arange(len(train_codes))
+        positions[column] = position
+        names += [f"{column}={v}" for v in categories[column]]
+
+    def features(idx: np.ndarray) -> np.ndarray:
+        """X for the rows idx, built per split so the full matrix never exists twice."""
+        X = np.zeros((len(idx), len(names)), dtype=np.float32)
+        X[:, : len(NUMERIC_FEATURES)] = scaler.transform(raw[idx])
+        offset = len(NUMERIC_FEATURES)
+        for column in CATEGORICAL:
+            slot = positions[column][codes[column][idx]]  # unseen in train or missing -> -1
+            rows = np.flatnonzero(slot >= 0)
+            X[rows, offset + slot[rows]] = 1.0
+            offset += len(categories[column])
+        return X
 
     n_num = len(NUMERIC_FEATURES)
     lower = np.zeros(len(names), dtype=np.float32)
@@ -472,7 +472,6 @@ def load(spec: Any) -> Splits:
     domain = Domain(lower, upper)
     prep: dict[str, Any] = {
         "kind": "loan",
-        "file": path.name,
         "features": names,
         "numeric": {
             "columns": list(NUMERIC_FEATURES),
@@ -498,6 +497,6 @@ def load(spec: Any) -> Splits:
     }
 
     def part(idx: np.ndarray) -> Dataset:
-        return Dataset("loan", ids[idx], X[idx], y[idx], list(CLASS_NAMES), domain, prep)
+        return Dataset("loan", ids[idx], features(idx), y[idx], list(CLASS_NAMES), domain, prep)
 
     return Splits(part(train_idx), part(test_idx))
