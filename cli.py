@@ -110,6 +110,82 @@ def demo(out: Path, quiet: bool) -> None:
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
+@cli.command()
+@_spec_option
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="The ONNX classifier.")
+@click.option("--method", type=click.Choice(["IBP", "CROWN-IBP", "CROWN", "alpha-CROWN"]), help="Bound method.")
+@click.option("--norm", type=click.Choice(["inf", "2", "1"]), help="Norm of the ball.")
+@click.option("--epsilon", type=float, multiple=True, help="Ball radius; repeat for a sweep. Default: the spec's.")
+@click.option(
+    "--samples",
+    "samples_arg",
+    metavar="N|FILE.npz",
+    help="How many samples of the spec's data set, or an .npz with arrays x, y.",
+)
+@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the JSON report here (and the counterexamples beside it).",
+)
+@click.option("--cross-check", is_flag=True, help="Also attack certified samples (a soundness audit; slower).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def check(
+    spec_ref: str,
+    model_path: Path,
+    method: str | None,
+    norm: str | None,
+    epsilon: tuple[float, ...],
+    samples_arg: str | None,
+    data_path: Path | None,
+    out: Path | None,
+    cross_check: bool,
+    quiet: bool,
+) -> None:
+    """Check the L_p-ball property of an ONNX model: certified (bounds) and empirical (PGD).
+
+    Exit code 0 when the check ran, whatever the robustness (`uverify gate` decides pass/fail).
+
+    \b
+    Example:
+      uverify check --spec mixture --model runs/mixture/model.onnx --epsilon 0.01 --epsilon 0.02 --out report.json
+    """
+    from uverify.verifier.check import check as run_check
+    from uverify.verifier.check import domain_from_metadata, samples_from_npz, samples_from_spec
+    from uverify.verifier.report import render_table, save_report
+
+    overrides: dict[str, Any] = {}
+    if data_path:
+        overrides["data.path"] = str(data_path)
+    if method:
+        overrides["verify.method"] = method
+    if norm:
+        overrides["property.norm"] = norm
+    if epsilon:
+        overrides["property.epsilon"] = list(epsilon)
+    npz = samples_arg is not None and not samples_arg.isdigit()
+    if samples_arg is not None and not npz:
+        overrides["data.samples"] = int(samples_arg)
+    from uverify.specs import load_spec
+
+    spec = load_spec(spec_ref, overrides)
+    if npz:
+        from uverify.models import read_metadata
+
+        samples = samples_from_npz(samples_arg)  # type: ignore[arg-type]
+        domain = domain_from_metadata(read_metadata(model_path)) if model_path.is_file() else None
+    else:
+        samples, domain = samples_from_spec(spec)
+    counterexamples = out.with_suffix(".counterexamples.npz") if out else None
+    report = run_check(
+        model_path, spec, samples, domain, progress=not quiet, counterexamples=counterexamples, cross_check=cross_check
+    )
+    click.echo(render_table(report))
+    if out:
+        save_report(report, out)
+        click.echo(f"report: {out}  counterexamples: {counterexamples}")
+
+
 def _describe(name: str, run: Any) -> str:
     return (
         f"{run.training:>11} {name}: clean test accuracy {run.test_accuracy:.4f} (onnxruntime), "

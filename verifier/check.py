@@ -1,0 +1,314 @@
+"""`uverify check`: per sample and per epsilon, a verdict on the L_p-ball property of an ONNX model.
+
+    verified       every margin z_y - z_j has a certified lower bound > 0 over the ball ∩ domain
+    falsified      PGD found a point that onnxruntime confirms: in the ball, in the domain, misclassified
+    unknown        neither
+    misclassified  the clean sample is already wrong (onnxruntime's prediction)
+
+Bounds are computed on the torch module imported from the file (checked against onnxruntime on the
+samples when imported). PGD then attacks the same module on the correctly classified samples that the
+bounds did not certify: a certified sample has no counterexample to find, and attacking it would
+cost most of the run. `cross_check=True` attacks the certified ones too, so that a certified sample
+with a confirmed counterexample, a soundness bug, is raised instead of reported; the soundness tests
+run that way.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from uverify import __version__
+from uverify.datasets import Domain, load
+from uverify.errors import UverifyError
+from uverify.files import atomic_write, sha256_file
+from uverify.specs.schema import Spec, spec_sha256
+from uverify.verifier.attacks import pgd_for
+from uverify.verifier.report import Counts, EpsilonResult, Report, SampleRow, Timings, Verdict
+
+IMPORT_CHECK_SAMPLES = 32
+
+
+class SoundnessError(RuntimeError):
+    """A sample was certified and also has a confirmed counterexample: a bug, never a result."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    x: np.ndarray  # float32 (N, *input_shape)
+    y: np.ndarray  # int64 (N,)
+    ids: np.ndarray  # int64 (N,)
+    source: str
+
+
+def samples_from_spec(spec: Spec, count: int | None = None) -> tuple[Samples, Domain]:
+    """`count` (default data.samples) samples of the spec's split, a seeded choice kept in id order."""
+    part = load(spec.data).split(spec.data.split)
+    count = min(count or spec.data.samples, len(part))
+    rng = np.random.default_rng(spec.data.seed)
+    pick = np.sort(rng.choice(len(part), size=count, replace=False))
+    chosen = part.subset(pick)
+    return Samples(chosen.X, chosen.y, chosen.ids, f"{chosen.name}:{spec.data.split}"), part.domain
+
+
+def samples_from_npz(path: str | Path) -> Samples:
+    """Arrays `x` and `y` (and optionally `ids`) from an .npz a user brings; pickles are refused."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x", "y") if k not in data.files]
+            if missing:
+                raise UverifyError(f"samples {path}: no array {' or '.join(map(repr, missing))} (has {data.files})")
+            x, y = data["x"], data["y"]
+            ids = data["ids"] if "ids" in data.files else np.arange(len(y))
+    except UverifyError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise UverifyError(f"samples {path}: not a readable .npz file ({exc})") from None
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise UverifyError(f"samples {path}: x must be finite numbers")
+    if y.ndim != 1 or len(y) != len(x) or len(ids) != len(x):
+        raise UverifyError(f"samples {path}: x has {len(x)} rows but y {y.shape} and ids {ids.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or not np.issubdtype(ids.dtype, np.integer):
+        raise UverifyError(f"samples {path}: y and ids must be integers")
+    if len(x) == 0:
+        raise UverifyError(f"samples {path}: no samples")
+    return Samples(x.astype(np.float32), y.astype(np.int64), ids.astype(np.int64), str(path))
+
+
+def check(
+    model_path: str | Path,
+    spec: Spec,
+    samples: Samples,
+    domain: Domain | None,
+    *,
+    progress: bool = True,
+    counterexamples: str | Path | None = None,
+    cross_check: bool = False,
+) -> Report:
+    """Run the certified and the empirical check of the spec's property; see the module docstring."""
+    from uverify.verifier.bounds import Bounder
+    from uverify.verifier.onnx_import import import_onnx
+    from uverify.verifier.referee import Referee, confirm_counterexamples
+
+    started = time.perf_counter()
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UverifyError(f"model {model_path}: no such file")
+    imported = import_onnx(model_path, samples=_fit(samples.x[:IMPORT_CHECK_SAMPLES], None, model_path))
+    shape = imported.input_shape
+    x = _fit(samples.x, shape, model_path)
+    lower, upper = _domain_arrays(domain, shape, model_path)
+    outside = ~np.all(
+        (x.reshape(len(x), -1) >= lower.reshape(-1)) & (x.reshape(len(x), -1) <= upper.reshape(-1)), axis=1
+    )
+    if outside.any():
+        raise UverifyError(
+            f"{int(outside.sum())} sample(s) lie outside the input domain (first id {int(samples.ids[outside][0])})"
+        )
+    referee = Referee(model_path)
+    t0 = time.perf_counter()
+    clean_logits = referee.logits(x)
+    referee_seconds = time.perf_counter() - t0
+    num_classes = clean_logits.shape[1]
+    prediction = clean_logits.argmax(1).astype(np.int64)
+    y = samples.y if spec.property.label else prediction
+    if (y < 0).any() or (y >= num_classes).any():
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise UverifyError(f"label {bad} is out of range: the model has {num_classes} classes")
+    correct = prediction == y
+
+    bounder = Bounder(imported.module, shape, spec.verify.method, num_classes=num_classes)
+    attack = pgd_for(
+        spec.property.norm,
+        steps=spec.attack.steps,
+        restarts=spec.attack.restarts,
+        step_size=spec.attack.step_size,
+        loss=spec.attack.loss,
+    )
+    n = len(x)
+    epsilons = spec.property.epsilon
+    verdicts = np.full((len(epsilons), n), "misclassified", dtype=object)
+    margins = np.full((len(epsilons), n), np.nan)
+    results: list[EpsilonResult] = []
+    saved: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "epsilon", "x", "x_adv", "y", "logits")}
+    todo = np.flatnonzero(correct)
+    batch = spec.verify.batch_size
+    lo_t, hi_t = torch.from_numpy(lower), torch.from_numpy(upper)
+    bar = tqdm(
+        total=len(epsilons) * -(-len(todo) // batch), desc="check", unit="batch", disable=None if progress else True
+    )
+    try:
+        for k, eps in enumerate(epsilons):
+            timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
+            rejected = 0
+            generator = torch.Generator().manual_seed(spec.attack.seed * 1_000_003 + k)
+            for start in range(0, len(todo), batch):
+                idx = todo[start : start + batch]
+                xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+                t0 = time.perf_counter()
+                lb = bounder.margins(xb, yb, eps, spec.property.norm, lo_t, hi_t).numpy()
+                timing["bounds"] += time.perf_counter() - t0
+                min_lb = lb.min(axis=1)
+                is_verified = min_lb > 0
+                t0 = time.perf_counter()
+                hit = np.zeros(len(idx), bool)
+                target = np.ones(len(idx), bool) if cross_check else ~is_verified
+                if target.any():
+                    sel = torch.from_numpy(np.flatnonzero(target))
+                    result = attack.run(imported.module, xb[sel], yb[sel], eps, lo_t[None], hi_t[None], generator)
+                    hit[target] = result.success.numpy()
+                    x_adv = np.zeros_like(x[idx])
+                    x_adv[target] = result.x_adv.numpy()
+                timing["attack"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                confirmed = np.zeros(len(idx), bool)
+                if hit.any():
+                    conf = confirm_counterexamples(
+                        referee, x[idx][hit], x_adv[hit], y[idx][hit], eps, spec.property.norm, lower, upper
+                    )
+                    confirmed[hit] = conf.confirmed
+                    rejected += int((~conf.confirmed).sum())
+                    keep = conf.confirmed
+                    for key, value in (
+                        ("ids", samples.ids[idx][hit][keep]),
+                        ("epsilon", np.full(int(keep.sum()), eps)),
+                        ("x", x[idx][hit][keep]),
+                        ("x_adv", x_adv[hit][keep]),
+                        ("y", y[idx][hit][keep]),
+                        ("logits", conf.logits[keep]),
+                    ):
+                        saved[key].append(value)
+                timing["referee"] += time.perf_counter() - t0
+                if (is_verified & confirmed).any():
+                    bad = samples.ids[idx][is_verified & confirmed][0]
+                    raise SoundnessError(
+                        f"sample {bad} at epsilon {eps:g}: {spec.verify.method} certified it, yet onnxruntime "
+                        "confirms a counterexample; this is a bug in uverify, please report it"
+                    )
+                margins[k, idx] = min_lb
+                verdicts[k, idx] = np.where(is_verified, "verified", np.where(confirmed, "falsified", "unknown"))
+                bar.update(1)
+            results.append(_summarise(eps, verdicts[k], timing, rejected, referee_seconds if k == 0 else 0.0))
+    finally:
+        bar.close()
+
+    if counterexamples is not None:
+        _save_counterexamples(counterexamples, saved, x.shape[1:])
+    rows = [
+        SampleRow(
+            id=int(samples.ids[i]),
+            label=int(y[i]),
+            prediction=int(prediction[i]),
+            verdicts=[str(verdicts[k, i]) for k in range(len(epsilons))],  # type: ignore[misc]
+            margin_lower_bounds=[
+                None if np.isnan(margins[k, i]) else float(margins[k, i]) for k in range(len(epsilons))
+            ],
+        )
+        for i in range(n)
+    ]
+    return Report(
+        spec_name=spec.name,
+        spec_sha256=spec_sha256(spec),
+        spec=spec.model_dump(mode="json"),
+        model={"path": str(model_path), "sha256": sha256_file(model_path), "metadata": dict(imported.metadata)},
+        samples_source=samples.source,
+        norm=spec.property.norm,
+        method=spec.verify.method,
+        attack=spec.attack.model_dump(mode="json"),
+        versions=_versions(),
+        seconds=time.perf_counter() - started,
+        results=results,
+        samples=rows,
+    )
+
+
+def _summarise(
+    eps: float, verdicts: np.ndarray, timing: dict[str, float], rejected: int, clean_seconds: float
+) -> EpsilonResult:
+    n = len(verdicts)
+    count = {v: int((verdicts == v).sum()) for v in ("verified", "falsified", "unknown", "misclassified")}
+    clean = (n - count["misclassified"]) / n
+    certified = count["verified"] / n
+    pgd = (count["verified"] + count["unknown"]) / n
+    return EpsilonResult(
+        epsilon=eps,
+        clean_accuracy=clean,
+        certified_accuracy=certified,
+        pgd_accuracy=pgd,
+        gap_pgd=clean - pgd,
+        gap_certified=clean - certified,
+        counts=Counts(**count, rejected_counterexamples=rejected),
+        seconds=Timings(bounds=timing["bounds"], attack=timing["attack"], referee=timing["referee"] + clean_seconds),
+    )
+
+
+def _fit(x: np.ndarray, shape: tuple[int, ...] | None, model_path: Path) -> np.ndarray:
+    """Samples shaped for the model: the same per-sample shape, or the same number of features
+    laid out row-major (VNN-COMP files take MNIST as [1, 784, 1])."""
+    if shape is None or tuple(x.shape[1:]) == shape:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+        return np.ascontiguousarray(x.reshape(len(x), *shape), dtype=np.float32)
+    raise UverifyError(
+        f"model {model_path} takes inputs of shape {list(shape)} per sample; the samples have {list(x.shape[1:])}"
+    )
+
+
+def _domain_arrays(domain: Domain | None, shape: tuple[int, ...], model_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if domain is None:
+        return np.full(shape, -np.inf, np.float32), np.full(shape, np.inf, np.float32)
+    if domain.lower.size != int(np.prod(shape)):
+        raise UverifyError(
+            f"the input domain has {domain.lower.size} features but model {model_path} takes {list(shape)}"
+        )
+    return domain.lower.reshape(shape).astype(np.float32), domain.upper.reshape(shape).astype(np.float32)
+
+
+def domain_from_metadata(metadata: dict[str, Any]) -> Domain | None:
+    """The input domain an exported model records (uverify's own exports), if any."""
+    import json
+
+    raw = metadata.get("input_domain")
+    if raw is None:
+        return None
+    try:
+        return Domain.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+    except (ValueError, KeyError, TypeError):
+        raise UverifyError("the model's metadata_props input_domain is malformed") from None
+
+
+def _save_counterexamples(path: str | Path, saved: dict[str, list[np.ndarray]], shape: tuple[int, ...]) -> None:
+    arrays = {
+        key: np.concatenate(parts) if parts else np.zeros((0, *shape) if key in ("x", "x_adv") else (0,))
+        for key, parts in saved.items()
+    }
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    from uverify.verifier import lirpa_compat
+
+    return {
+        "uverify": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "auto_LiRPA": getattr(lirpa_compat.import_auto_lirpa(), "__version__", "0.3"),
+    }
