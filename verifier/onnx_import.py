@@ -145,8 +145,12 @@ def _register(*op_types: str) -> Callable[[Converter], Converter]:
 
 
 def supported_ops() -> list[str]:
-    """The ONNX op types the importer converts (sorted); any other op is a ModelError."""
-    return sorted(CONVERTERS)
+    """The ONNX op types the importer converts (sorted); any other op is a ModelError.
+
+    Constant is listed because it, like any node whose inputs are all constants, is folded at
+    import time into the buffers of the nodes that use it.
+    """
+    return sorted({*CONVERTERS, "Constant"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,6 +176,8 @@ class BinaryTensors(nn.Module):
 class BinaryConst(nn.Module):
     """x ∘ c or c ∘ x with the constant c a buffer (broadcast per sample)."""
 
+    const: torch.Tensor
+
     def __init__(self, fn: Callable[[Any, Any], Any], const: np.ndarray, const_first: bool) -> None:
         super().__init__()
         self.fn = fn
@@ -187,6 +193,8 @@ class BinaryConst(nn.Module):
 class ConstOverTensor(nn.Module):
     """c / x as c · reciprocal(x): bounders relax the reciprocal, they cannot divide by a bound."""
 
+    const: torch.Tensor
+
     def __init__(self, const: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("const", _buffer(const))
@@ -197,6 +205,9 @@ class ConstOverTensor(nn.Module):
 
 class Affine(nn.Module):
     """x · scale + shift per channel: inference BatchNormalization folded to one linear map."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, scale: np.ndarray, shift: np.ndarray) -> None:
         super().__init__()
@@ -209,6 +220,8 @@ class Affine(nn.Module):
 
 class MatMulConst(nn.Module):
     """x @ c or c @ x for a constant c that is not a plain 2-D weight on the right."""
+
+    const: torch.Tensor
 
     def __init__(self, const: np.ndarray, const_first: bool) -> None:
         super().__init__()
@@ -327,18 +340,38 @@ _BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _per_sample_const(ctx: NodeContext, const: np.ndarray, rank: int) -> np.ndarray:
-    """A constant that broadcasts against a batched tensor of `rank`, without its batch axis.
-
-    A constant as long as the tensor carries a batch axis of its own, which must be 1 (a file with
-    a fixed batch of 1); a longer one, or a batch axis above 1, would mix samples.
-    """
+def _check_const_rank(ctx: NodeContext, const: np.ndarray, rank: int) -> None:
+    """A constant broadcasts per sample against a batched tensor of `rank` unless it is longer, or as
+    long with a first axis above 1 (that would pair its rows with the samples)."""
     if const.ndim > rank or (const.ndim == rank and const.shape[0] != 1):
         raise ctx.fail(
-            f"a constant of shape {list(const.shape)} would broadcast over the batch dimension "
-            f"of a rank-{rank} tensor"
+            f"a constant of shape {list(const.shape)} would broadcast over the batch dimension of a rank-{rank} tensor"
         )
-    return const[0] if const.ndim == rank else const
+
+
+def _elementwise_const(ctx: NodeContext, const: np.ndarray, rank: int) -> np.ndarray:
+    """The constant of an elementwise op, at the tensor's full rank with a batch axis of 1.
+
+    Same values under torch broadcasting, but auto_LiRPA 0.3's backward pass through Add/Sub/Mul/Div
+    only reduces broadcast axes correctly when both operands have the same rank.
+    """
+    _check_const_rank(ctx, const, rank)
+    return const.reshape((1,) * (rank - const.ndim) + const.shape)
+
+
+def _matrix_const(ctx: NodeContext, const: np.ndarray, rank: int) -> np.ndarray:
+    """A MatMul constant with its leading axes of 1 dropped: a plain weight matrix where possible.
+
+    Only the axes before the last two broadcast; the constant's must not reach the batch axis.
+    """
+    stack, tensor_stack = max(const.ndim - 2, 0), rank - 2
+    if stack > tensor_stack or (stack == tensor_stack > 0 and const.shape[0] != 1):
+        raise ctx.fail(
+            f"a constant of shape {list(const.shape)} would broadcast over the batch dimension of a rank-{rank} tensor"
+        )
+    while const.ndim > 2 and const.shape[0] == 1:
+        const = const[0]
+    return const
 
 
 @_register(*_BINARY_OPS)
@@ -359,21 +392,24 @@ def _binary(ctx: NodeContext) -> nn.Module:
     const = a.const if a.const is not None else b.const
     x = b.example if const_first else a.example
     assert const is not None and x is not None
-    const = _per_sample_const(ctx, const, x.ndim)
+    const = _elementwise_const(ctx, const, x.ndim)
     if op == "Div" and const_first:
         return ConstOverTensor(const)
     return BinaryConst(fn, const, const_first)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
-    """nn.Linear computing x @ weight.T + bias: the layer every bounder knows best."""
+    """nn.Linear computing x @ weight.T + bias: the layer every bounder knows best.
+
+    Always with a bias (zeros if none): a bias-free nn.Linear traces to Transpose + MatMul, which
+    auto_LiRPA 0.3 bounds as a generic MatMul whose non-contiguous A matrices break the pooling
+    layers before it; with a bias it traces to Gemm, auto_LiRPA's BoundLinear.
+    """
     out_features, in_features = weight.shape
-    layer = nn.Linear(int(in_features), int(out_features), bias=bias is not None)
+    layer = nn.Linear(int(in_features), int(out_features))
     with torch.no_grad():
         layer.weight.copy_(_buffer(weight))
-        if bias is not None:
-            assert layer.bias is not None
-            layer.bias.copy_(_buffer(bias))
+        layer.bias.copy_(_buffer(np.zeros(out_features) if bias is None else bias))
     return layer
 
 
@@ -420,15 +456,16 @@ def _matmul(ctx: NodeContext) -> nn.Module:
         return BinaryTensors(torch.matmul)
     if a.example is not None and b.const is not None:
         x, w = a.example, b.const
-        if w.ndim == 2 and x.ndim >= 2:
-            return _linear(w.T, None)
         if x.ndim < 2:
             raise ctx.fail("the batched input has no matrix dimensions")
-        return MatMulConst(_per_sample_const(ctx, w, x.ndim), const_first=False)
+        w = _matrix_const(ctx, w, x.ndim)
+        if w.ndim == 2:
+            return _linear(w.T, None)
+        return MatMulConst(w, const_first=False)
     assert a.const is not None and b.example is not None
     if b.example.ndim < 3:
         raise ctx.fail("a constant on the left needs a batched right operand of rank >= 3")
-    return MatMulConst(_per_sample_const(ctx, a.const, b.example.ndim), const_first=True)
+    return MatMulConst(_matrix_const(ctx, a.const, b.example.ndim), const_first=True)
 
 
 def _ints(value: Any, n: int, default: int) -> list[int]:
@@ -467,9 +504,10 @@ def _torch_pads(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
     return pads
 
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+# By number of spatial axes. Typed Any: the 1-3 D classes take int-or-tuple arguments.
+_CONV: dict[int, Any] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_AVG_POOL: dict[int, Any] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_MAX_POOL: dict[int, Any] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 @_register("Conv")
@@ -596,7 +634,7 @@ def _batch_norm(ctx: NodeContext) -> nn.Module:
     if any(p.shape != (channels,) for p in (scale, bias, mean, var)):
         raise ctx.fail(f"parameters must have shape [{channels}] for a rank-{x.ndim} input")
     factor = scale / np.sqrt(var + float(ctx.attr("epsilon", 1e-5)))
-    shape = (channels,) + (1,) * (x.ndim - 2)
+    shape = (1, channels) + (1,) * (x.ndim - 2)  # full rank: see _elementwise_const
     return Affine(factor.reshape(shape), (bias - mean * factor).reshape(shape))
 
 
@@ -606,7 +644,8 @@ def _axis(ctx: NodeContext, axis: int, rank: int) -> int:
     return axis % rank
 
 
-def _reshape_to(ctx: NodeContext, per_sample: Sequence[int]) -> nn.Module:
+def _reshape_to(per_sample: Sequence[int]) -> nn.Module:
+    """(N, ...) → (N, *per_sample); Flatten when that is flat, the op bounders handle most simply."""
     return Flatten() if len(per_sample) == 1 else Reshape(per_sample)
 
 
@@ -657,7 +696,7 @@ def _reshape(ctx: NodeContext) -> nn.Module:
             f"shape {ctx.const(1, 'shape').tolist()} moves values between samples "
             f"(a sample has {numel} values, the shape leaves {math.prod(rest)})"
         )
-    return _reshape_to(ctx, rest)
+    return _reshape_to(rest)
 
 
 def _axes(ctx: NodeContext) -> list[int] | None:
@@ -683,7 +722,7 @@ def _squeeze(ctx: NodeContext) -> nn.Module:
         raise ctx.fail("squeezing the batch dimension is not supported")
     if any(x.shape[i] != 1 for i in drop):
         raise ctx.fail(f"axes {sorted(drop)} include a dimension that is not 1 in shape {list(x.shape[1:])}")
-    return _reshape_to(ctx, [d for i, d in enumerate(x.shape) if i and i not in drop])
+    return _reshape_to([d for i, d in enumerate(x.shape) if i and i not in drop])
 
 
 @_register("Unsqueeze")
@@ -698,7 +737,7 @@ def _unsqueeze(ctx: NodeContext) -> nn.Module:
         raise ctx.fail("a new axis before the batch dimension is not supported")
     dims = iter(x.shape[1:])
     shape = [1 if i in inserted else next(dims) for i in range(1, out_rank)]
-    return _reshape_to(ctx, shape)
+    return _reshape_to(shape)
 
 
 @_register("Transpose")
@@ -856,9 +895,7 @@ def _fold(model: onnx.ModelProto, node: onnx.NodeProto, inputs: Sequence[_Value 
     try:
         return [np.asarray(out) for out in ReferenceEvaluator(single).run(None, {})]
     except Exception as exc:  # the reference evaluator raises many types for ops it cannot run
-        raise ModelError(
-            f"cannot fold the constant {node.op_type} node {_node_label(node)}: {_one_line(exc)}"
-        ) from exc
+        raise ModelError(f"cannot fold the constant {node.op_type} node {_node_label(node)}: {_one_line(exc)}") from exc
 
 
 def _unsupported(node: onnx.NodeProto) -> ModelError:
@@ -866,6 +903,50 @@ def _unsupported(node: onnx.NodeProto) -> ModelError:
     return ModelError(
         f"unsupported ONNX op {op} (node {_node_label(node)}); supported ops: {', '.join(supported_ops())}"
     )
+
+
+def _affine_layer(module: nn.Module) -> nn.Linear | nn.modules.conv._ConvNd | None:
+    """The Linear or Conv layer whose output `module` returns, if any."""
+    if isinstance(module, nn.Sequential) and len(module):
+        module = module[-1]
+    return module if isinstance(module, nn.Linear | nn.modules.conv._ConvNd) else None
+
+
+def _absorb(layer: nn.Linear | nn.modules.conv._ConvNd, op: nn.Module, rank: int) -> bool:
+    """Fold `op` into the layer before it when op is x · scale + shift per output channel.
+
+    Why: a bias Add after MatMul, and BatchNormalization after Conv or Gemm, then reach the bounder
+    as one Linear/Conv, i.e. fewer nodes to bound; and auto_LiRPA 0.3's CROWN fails on a separate
+    bias Add after a MatMul (it takes that Add for a convolution's, in "patches" mode).
+    Exact up to float rounding: the folded weights are computed in float64.
+    """
+    if isinstance(op, Affine):
+        scale, shift = op.scale, op.shift
+    elif isinstance(op, BinaryConst) and (op.fn is operator.add or (op.fn is operator.sub and not op.const_first)):
+        scale, shift = torch.ones(()), op.const if op.fn is operator.add else -op.const
+    else:
+        return False
+    linear = isinstance(layer, nn.Linear)
+    channels = int(layer.weight.shape[0])  # out_features / out_channels
+    axis = rank - 1 if linear else 1
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor | None:
+        if t.ndim not in (0, rank) or any(d != 1 for i, d in enumerate(t.shape) if i != axis):
+            return None
+        if t.ndim and t.shape[axis] not in (1, channels):
+            return None
+        return t.reshape(-1).expand(channels).to(torch.float64)
+
+    scale64, shift64 = per_channel(scale), per_channel(shift)
+    if scale64 is None or shift64 is None:
+        return False
+    with torch.no_grad():
+        weight = layer.weight.to(torch.float64)
+        factor = scale64.reshape(-1, *([1] * (weight.ndim - 1)))
+        bias = layer.bias.to(torch.float64) if layer.bias is not None else torch.zeros(channels, dtype=torch.float64)
+        layer.weight.copy_(weight * factor)
+        layer.bias = nn.Parameter((bias * scale64 + shift64).float(), requires_grad=False)
+    return True
 
 
 def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
@@ -881,10 +962,14 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
     example = torch.rand((_EXAMPLE_BATCH, *input_shape), generator=generator)
     values[input_value.name] = _Value(input_value.name, None, example)
     needed = _needed_nodes(graph, output_name)
-    consumed = {name for i in needed for name in graph.node[i].input} | {output_name}
+    uses: dict[str, int] = {output_name: 1}
+    for i in needed:
+        for name in graph.node[i].input:
+            uses[name] = uses.get(name, 0) + 1
 
     nodes: dict[str, nn.Module] = {}
     steps: list[_Step] = []
+    step_of: dict[str, int] = {}  # batched value → index of the step producing it
     for index, node in enumerate(graph.node):
         if index not in needed:
             continue
@@ -901,11 +986,24 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
         if converter is None:
             raise _unsupported(node)
         ctx = NodeContext(node, _attributes(node), inputs, opset, fixed_batch)
-        extra = [name for name in node.output[1:] if name and name in consumed]
+        extra = [name for name in node.output[1:] if name and name in uses]
         if extra:
             raise ctx.fail(f"its extra outputs {extra} are used; only the first output is supported")
         module = converter(ctx).eval()
         batched = [v for v in inputs if v is not None and v.batched]
+        source = batched[0].name if len(batched) == 1 else ""
+        if uses.get(source) == 1 and source in step_of and batched[0].example is not None:
+            producer = steps[step_of[source]]
+            layer = _affine_layer(nodes[producer.key])
+            if layer is not None and _absorb(layer, module, batched[0].example.ndim):
+                with torch.no_grad():
+                    out = nodes[producer.key](*[values[name].example for name in producer.inputs])
+                label = f"{producer.onnx_node} + {_node_label(node)}"
+                index = step_of.pop(source)
+                steps[index] = producer._replace(output=node.output[0], onnx_node=label)
+                step_of[node.output[0]] = index
+                values[node.output[0]] = _Value(node.output[0], None, out)
+                continue
         try:
             with torch.no_grad():
                 out = module(*[v.example for v in batched])
@@ -915,6 +1013,7 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
             raise ctx.fail("its output lost the batch dimension")
         key = f"{re.sub(r'(?<!^)(?=[A-Z])', '_', node.op_type).lower()}_{len(steps)}"
         nodes[key] = module
+        step_of[node.output[0]] = len(steps)
         steps.append(_Step(key, tuple(v.name for v in batched), node.output[0], _node_label(node)))
         values[node.output[0]] = _Value(node.output[0], None, out)
 
