@@ -58,7 +58,13 @@ class Trainer:
         if adversarial is not None:
             # Madry: PGD with a random start on the training loss (cross-entropy), the last-best point
             self.attack = pgd_for(
-                norm, steps=adversarial.steps, restarts=1, step_size=adversarial.step_size, loss="ce", early_stop=False
+                norm,
+                steps=adversarial.steps,
+                restarts=1,
+                step_size=adversarial.step_size,
+                loss="ce",
+                early_stop=False,
+                random_first_start=True,
             )
 
     def fit(

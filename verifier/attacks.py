@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,6 +24,11 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return others.max(dim=1).values - true
+
+
+def _targeted_margin(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """z_target - z_y: positive when the target class beats the true one."""
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
 
 
 def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,7 @@ class PGD(ABC):
     """Projected gradient ascent on a loss of the logits, from random starts inside the ball."""
 
     norm: str
+    dual: float  # the dual norm's order, for first-order distances to a decision boundary
 
     def __init__(
         self,
@@ -55,6 +62,7 @@ class PGD(ABC):
         step_size: float | None = None,
         loss: str = "margin",
         early_stop: bool = True,
+        random_first_start: bool = False,
     ) -> None:
         if loss not in LOSSES:
             raise UverifyError(f"attack loss {loss!r} is unknown (choose from {', '.join(LOSSES)})")
@@ -63,6 +71,11 @@ class PGD(ABC):
         self.relative_step = step_size if step_size is not None else 2.5 / steps
         self.loss = LOSSES[loss]
         self.early_stop = early_stop
+        # The first restart starts at x itself unless asked otherwise: from x, steepest ascent heads
+        # straight for the nearest boundary of a locally linear model, which a random start inside
+        # the ball reaches only slowly (for L2 and L1 the projection then crawls along the sphere).
+        # Later restarts start at random points. Madry's training asks for a random first start.
+        self.random_first_start = random_first_start
 
     @abstractmethod
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
@@ -109,23 +122,33 @@ class PGD(ABC):
         lower, upper = lower.expand_as(x), upper.expand_as(x)
         alpha = self.relative_step * eps
         with torch.no_grad():
+            clean_logits = model(x)
             best_x = x.clone()
-            best_margin = margin_loss(model(x), y)
-            best_loss = self.loss(model(x), y) if self.loss is not margin_loss else best_margin.clone()
-        for _ in range(self.restarts):
+            best_margin = margin_loss(clean_logits, y)
+            best_loss = self.loss(clean_logits, y) if self.loss is not margin_loss else best_margin.clone()
+        ranked = self._nearest_classes(model, x, y) if self.restarts > 1 and self.loss is margin_loss else None
+        for restart in range(self.restarts):
             active = torch.ones(len(x), dtype=torch.bool) if not self.early_stop else best_margin <= 0
             if not active.any():
                 break
             idx = active.nonzero().squeeze(1)
             xa, ya, lo, hi = x[idx], y[idx], lower[idx], upper[idx]
-            x_adv = torch.max(torch.min(xa + self.random_start(xa, eps, gen), hi), lo)
+            loss_fn = self.loss
+            if restart > 0 and ranked is not None and ranked.shape[1] > 1:
+                # multi-targeted restarts (Gowal et al., 2019): the untargeted margin follows whichever
+                # class leads now, which need not be the one nearest in the norm; aim at each in turn,
+                # the nearest first
+                target = ranked[idx, (restart - 1) % ranked.shape[1]]
+                loss_fn = partial(_targeted_margin, target=target)
+            start = self.random_start(xa, eps, gen) if restart > 0 or self.random_first_start else 0.0
+            x_adv = torch.max(torch.min(xa + start, hi), lo)
             for step in range(self.steps + 1):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
-                loss = self.loss(logits, ya)
+                loss = loss_fn(logits, ya)
                 with torch.no_grad():
                     margin = margin_loss(logits, ya)
-                    score = margin if self.loss is margin_loss else loss
+                    score = margin if self.loss is margin_loss else loss  # comparable across restarts
                     if self.early_stop:  # a success beats a failure, whatever the loss says
                         won, had = margin > 0, best_margin[idx] > 0
                         better = (won & ~had) | ((won == had) & (score > best_loss[idx]))
@@ -145,9 +168,26 @@ class PGD(ABC):
                     x_adv = torch.max(torch.min(x_adv, hi), lo)
         return AttackResult(best_x.detach(), best_margin, best_margin > 0)
 
+    def _nearest_classes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Other classes ordered by the first-order (DeepFool) distance to their decision boundary,
+        margin_j / ||grad margin_j||_dual, nearest first: one backward pass per class."""
+        x = x.clone().requires_grad_(True)
+        logits = model(x)
+        classes = logits.shape[1]
+        grads = torch.stack(
+            [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c < classes - 1)[0] for c in range(classes)], 1
+        ).flatten(2)  # (N, C, d)
+        with torch.no_grad():
+            rows = torch.arange(len(x))
+            gap = logits[rows, y][:, None] - logits  # (N, C) margins z_y - z_j
+            slope = (grads[rows, y][:, None, :] - grads).norm(p=self.dual, dim=2).clamp_min(1e-12)
+            distance = (gap / slope).masked_fill(nn.functional.one_hot(y, classes).bool(), float("inf"))
+            return distance.argsort(dim=1)[:, :-1]
+
 
 class LinfPGD(PGD):
     norm = "inf"
+    dual = 1.0
 
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
         return (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
@@ -163,6 +203,7 @@ class LinfPGD(PGD):
 
 class L2PGD(PGD):
     norm = "2"
+    dual = 2.0
 
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
         direction = torch.randn(x.shape, generator=gen)
@@ -184,6 +225,7 @@ class L1PGD(PGD):
     """Sparse L1 steps (Tramer & Boneh 2019): move only the coordinates with the largest gradients."""
 
     norm = "1"
+    dual = float("inf")
     sparsity_quantile = 0.95  # move the top 5% of coordinates (at least one) per step
 
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
