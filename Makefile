@@ -26,5 +26,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
+bench: $(STAMP)
+	# torchattacks is a benchmark-only baseline; --no-deps keeps it from pulling another torch
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt torchattacks==3.5.1
+	$(BIN)/python bench/verify.py
+
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache

@@ -86,7 +86,7 @@ def train(spec_ref: str, out: Path, adversarial: bool, data_path: Path | None, q
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(out: Path, quiet: bool) -> None:
-    """Train a standard and an adversarial model on the embedded default (mixture) and export both.
+    """Train a standard and an adversarial model on the embedded default (mixture), export and check both.
 
     \b
     Example:
@@ -95,6 +95,9 @@ def demo(out: Path, quiet: bool) -> None:
     from uverify.datasets import load
     from uverify.pipeline import train_run
     from uverify.specs import load_spec
+    from uverify.verifier.check import check as run_check
+    from uverify.verifier.check import samples_from_spec
+    from uverify.verifier.report import render_table, save_report
 
     started = time.perf_counter()
     spec = load_spec("mixture")
@@ -103,10 +106,18 @@ def demo(out: Path, quiet: bool) -> None:
         f"mixture: {spec.data.classes} classes, {spec.data.dims} dims, "
         f"{len(splits.train)} train / {len(splits.test)} test samples"
     )
+    runs = []
     for adversarial in (False, True):
         name = "adversarial" if adversarial else "standard"
-        run = train_run(spec, out / name, adversarial=adversarial, splits=splits, progress=not quiet)
-        click.echo(_describe(spec.name, run))
+        runs.append(train_run(spec, out / name, adversarial=adversarial, splits=splits, progress=not quiet))
+        click.echo(_describe(spec.name, runs[-1]))
+    samples, domain = samples_from_spec(spec)
+    for run in runs:
+        click.echo(f"\n{run.training} model, {spec.verify.method} bounds and PGD:")
+        report = run_check(run.out / "model.onnx", spec, samples, domain, progress=not quiet)
+        save_report(report, run.out / "report.json")
+        click.echo(render_table(report))
+    click.echo(f"\nreports: {', '.join(str(r.out / 'report.json') for r in runs)}")
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
@@ -172,7 +183,7 @@ def check(
     if npz:
         from uverify.models import read_metadata
 
-        samples = samples_from_npz(samples_arg)  # type: ignore[arg-type]
+        samples = samples_from_npz(samples_arg)
         domain = domain_from_metadata(read_metadata(model_path)) if model_path.is_file() else None
     else:
         samples, domain = samples_from_spec(spec)

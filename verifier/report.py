@@ -63,7 +63,7 @@ class ModelInfo(_Model):
 
 
 class Report(_Model):
-    schema_: Literal["uverify.report/1"] = Field(SCHEMA, alias="schema")
+    schema_: Literal["uverify.report/1"] = Field("uverify.report/1", alias="schema")
     spec_name: str
     spec_sha256: str
     spec: dict[str, Any]

@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import tiny_spec_dict
 
 from uverify.cli import cli
 from uverify.datasets import load
@@ -17,6 +16,8 @@ from uverify.specs.schema import Spec, validate_spec
 from uverify.verifier.check import SoundnessError, check, samples_from_npz, samples_from_spec
 from uverify.verifier.referee import Referee, lp_distance
 from uverify.verifier.report import load_report, render_table, save_report
+
+from helpers import tiny_spec_dict
 
 SPEC = tiny_spec_dict(
     data={"dataset": "mixture", "classes": 3, "dims": 4, "n_samples": 300, "separation": 3.0, "samples": 40},
@@ -82,7 +83,7 @@ def test_report_round_trips_and_renders(trained: tuple[Spec, Path], tmp_path: Pa
     table = render_table(report)
     assert "certified" in table and "0.02" in table
     (tmp_path / "bad.json").write_text('{"schema": "something else"}')
-    with pytest.raises(UverifyError, match="not a uverify.report/1 report"):
+    with pytest.raises(UverifyError, match=r"not a uverify\.report/1 report"):
         load_report(tmp_path / "bad.json")
 
 
@@ -145,7 +146,7 @@ def _corrupt_copies(model: Path, tmp_path: Path) -> dict[str, Path]:
 
 
 def test_cli_bad_input_is_one_line_exit_2(trained: tuple[Spec, Path], tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
-    spec, model = trained
+    _, model = trained
     spec_path = str(write_spec(SPEC))
     bad = _corrupt_copies(model, tmp_path)
     wide = validate_spec(tiny_spec_dict(data={"dataset": "mixture", "classes": 3, "dims": 5, "n_samples": 100}))

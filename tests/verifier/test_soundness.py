@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_spec_dict
 from torch import nn
 
 from uverify.datasets import Domain
@@ -26,6 +25,8 @@ from uverify.verifier.attacks import margin_loss, pgd_for
 from uverify.verifier.bounds import METHODS, Bounder
 from uverify.verifier.check import Samples, check
 from uverify.verifier.onnx_import import import_onnx
+
+from helpers import tiny_spec_dict
 
 NORMS = ("inf", "2", "1")
 POINTS = 10_000
@@ -151,7 +152,7 @@ def test_linear_models_certify_exactly_up_to_the_analytic_radius(tmp_path: Path,
     with torch.no_grad():
         logits = linear(torch.from_numpy(xs))
     y = logits.argmax(1)
-    w, b = linear.weight.detach(), linear.bias.detach()
+    w = linear.weight.detach()
     radius = []
     for i in range(len(xs)):
         others = [j for j in range(3) if j != int(y[i])]
