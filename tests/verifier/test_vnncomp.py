@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_spec_dict
 
 from uverify.datasets import Domain
 from uverify.specs.schema import validate_spec
 from uverify.verifier.check import Samples, check
+
+from helpers import tiny_spec_dict
 
 VNNCOMP = Path(__file__).resolve().parents[2].parent / "shared" / "vnncomp"
 if not VNNCOMP.is_dir():
