@@ -49,6 +49,15 @@ def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
     return t.flatten(1).norm(p=p, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
+def _uniform_in_ball(samples: torch.Tensor, p: float, eps: float, gen: torch.Generator) -> torch.Tensor:
+    """Uniform points in the L_p eps-ball from i.i.d. generalised-Gaussian samples (Gaussian for p=2,
+    Laplace for p=1): their direction is uniform on the sphere, and radius u^(1/d) fills the ball."""
+    direction = samples / _flat_norm(samples, p).clamp_min(1e-12)
+    d = samples[0].numel()
+    radius = torch.rand((len(samples),) + (1,) * (samples.dim() - 1), generator=gen) ** (1.0 / d)
+    return direction * radius * eps
+
+
 class PGD(ABC):
     """Projected gradient ascent on a loss of the logits, from random starts inside the ball."""
 
@@ -206,11 +215,7 @@ class L2PGD(PGD):
     dual = 2.0
 
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-        direction = torch.randn(x.shape, generator=gen)
-        direction = direction / _flat_norm(direction, 2).clamp_min(1e-12)
-        d = x[0].numel()
-        radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
-        return direction * radius * eps
+        return _uniform_in_ball(torch.randn(x.shape, generator=gen), 2, eps, gen)
 
     def direction(
         self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
@@ -229,13 +234,9 @@ class L1PGD(PGD):
     sparsity_quantile = 0.95  # move the top 5% of coordinates (at least one) per step
 
     def random_start(self, x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-        # uniform in the L1 ball: Laplace directions (normalised) times radius u^(1/d)
         u = torch.rand(x.shape, generator=gen).clamp(1e-12, 1 - 1e-12)
         laplace = torch.sign(u - 0.5) * -torch.log1p(-2 * (u - 0.5).abs())
-        direction = laplace / _flat_norm(laplace, 1).clamp_min(1e-12)
-        d = x[0].numel()
-        radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=gen) ** (1.0 / d)
-        return direction * radius * eps
+        return _uniform_in_ball(laplace, 1, eps, gen)
 
     def direction(
         self, grad: torch.Tensor, x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
