@@ -148,7 +148,7 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
         torchattacks = None
         print("\n(torchattacks not installed: `make bench` installs it; its rows are skipped)")
     print(f"\n3. PGD on {n} samples, {steps} steps (ours: margin loss, early stop; success = misclassified)")
-    print(f"{'model':6} {'norm':4} {'eps':>6} {'attack':22} {'ms/sample':>10} {'success':>8}")
+    print(f"{'model':6} {'norm':4} {'eps':>6} {'attack':24} {'ms/sample':>10} {'success':>8}")
     for name, (torch_model, _, test, eps_inf) in models.items():
         x, y = torch.from_numpy(test.X[:n]), torch.from_numpy(test.y[:n])
         lo, hi = torch.zeros(1, *test.input_shape), torch.ones(1, *test.input_shape)
@@ -157,11 +157,12 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
         x, y = x[keep], y[keep]
         for norm, eps in (("inf", eps_inf * 4), ("2", eps_inf * 4 * np.sqrt(x[0].numel()) / 2)):
             runs: dict[str, Callable[[], torch.Tensor]] = {
-                "uverify PGD": lambda: (
-                    pgd_for(norm, steps=steps, restarts=restarts)
+                f"uverify PGD x{r} restarts": lambda r=r: (
+                    pgd_for(norm, steps=steps, restarts=r)
                     .run(torch_model, x, y, eps, lo, hi, torch.Generator().manual_seed(0))
                     .x_adv
-                ),
+                )
+                for r in sorted({1, restarts})
             }
             if norm == "inf":
                 runs["plain torch loop"] = lambda: plain_pgd(
@@ -173,8 +174,9 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
                         torch_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True
                     )
                 else:
+                    # its random start assumes image batches (N, C, H, W): flat inputs start at x
                     atk = torchattacks.PGDL2(
-                        torch_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True
+                        torch_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=x.dim() == 4
                     )
                 runs[f"torchattacks {type(atk).__name__}"] = lambda atk=atk: atk(x, y)
             for label, run in runs.items():
@@ -182,7 +184,7 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
                 t, x_adv = timed(run, 1)
                 with torch.no_grad():
                     success = float((margin_loss(torch_model(x_adv), y) > 0).float().mean())  # type: ignore[arg-type]
-                print(f"{name:6} {norm:4} {eps:6.3f} {label:22} {1000 * t / len(x):10.3f} {success:8.3f}")
+                print(f"{name:6} {norm:4} {eps:6.3f} {label:24} {1000 * t / len(x):10.3f} {success:8.3f}")
 
 
 def main() -> None:
