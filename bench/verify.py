@@ -174,11 +174,13 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
                         torch_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True
                     )
                 else:
-                    # its random start assumes image batches (N, C, H, W): flat inputs start at x
-                    atk = torchattacks.PGDL2(
-                        torch_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=x.dim() == 4
-                    )
-                runs[f"torchattacks {type(atk).__name__}"] = lambda atk=atk: atk(x, y)
+                    # PGDL2 normalises gradients as image batches (N, C, H, W): give it flat data as N x 1 x 1 x d
+                    as_image = nn.Sequential(nn.Flatten(), torch_model) if x.dim() != 4 else torch_model
+                    atk = torchattacks.PGDL2(as_image, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+                image_x = x if x.dim() == 4 else x.reshape(len(x), 1, 1, -1)
+                runs[f"torchattacks {type(atk).__name__}"] = lambda atk=atk, image_x=image_x: atk(image_x, y).reshape(
+                    x.shape
+                )
             for label, run in runs.items():
                 torch.manual_seed(0)
                 t, x_adv = timed(run, 1)
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5, help="quick training of the benchmark models")
+    parser.add_argument("--only", choices=["bounds", "methods", "pgd"], help="run one section")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,9 +203,12 @@ def main() -> None:
         print(
             f"models: mlp on mixture, cnn on digits, {args.epochs} epochs each; torch threads {torch.get_num_threads()}"
         )
-        bench_bounds(models, args.samples, args.batch, args.repeats)
-        bench_methods(models, args.samples, args.batch)
-        bench_pgd(models, args.samples, steps=50, restarts=3)
+        if args.only in (None, "bounds"):
+            bench_bounds(models, args.samples, args.batch, args.repeats)
+        if args.only in (None, "methods"):
+            bench_methods(models, args.samples, args.batch)
+        if args.only in (None, "pgd"):
+            bench_pgd(models, args.samples, steps=50, restarts=3)
 
 
 if __name__ == "__main__":
