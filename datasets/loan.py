@@ -22,7 +22,8 @@ aggregates Lending Club added only from 2012 on are left out too: they are missi
 are not signal. issue_d is used only to measure the credit history (months from earliest_cr_line).
 
 Preprocessing is fitted on the TRAIN rows only: numerics are imputed with the train median, then
-standardised and clipped to [-clip, clip]; categoricals are one-hot with the categories seen in train
+standardised and clipped to [-clip, clip] (where missing means "never happened", a 0/1 indicator
+feature keeps that fact); categoricals are one-hot with the categories seen in train
 (a missing or unseen category is all zeros). Sample ids are the 0-based data-row number in the file
 (preamble and header excluded; dropped rows do not renumber the others), so a deletion request made
 against the file stays valid under any subsample or split.
@@ -97,6 +98,9 @@ CATEGORICAL = (
     "application_type",
 )
 NUMERIC_FEATURES = (*NUMERIC, CREDIT_HISTORY)
+# Missing here means "never happened" (no delinquency, no public record), which the median would hide:
+# each also gets a 0/1 "<column>=missing" feature.
+MISSING_MEANS_NEVER = ("mths_since_last_delinq", "mths_since_last_record")
 ALLOWLIST = (*NUMERIC, *DATE_SOURCES, *CATEGORICAL)
 REQUIRED = (ID_COLUMN, TARGET_COLUMN, *ALLOWLIST)
 
@@ -436,6 +440,7 @@ def load(spec: Any) -> Splits:
     except ValueError as err:
         raise DataError(f"{path}: cannot split {len(ids)} labelled loans into train and test ({err})") from None
 
+    never = np.isnan(raw[:, [NUMERIC_FEATURES.index(c) for c in MISSING_MEANS_NEVER]]).astype(np.float32)
     medians = _medians(raw[train_idx])
     raw = np.where(np.isnan(raw), medians, raw)  # imputed
     scaler = StandardScaler.fit(raw[train_idx], spec.clip)
@@ -452,6 +457,7 @@ def load(spec: Any) -> Splits:
         position[train_codes[order]] = np.arange(len(train_codes))
         positions[column] = position
         names += [f"{column}={v}" for v in categories[column]]
+    names += [f"{column}=missing" for column in MISSING_MEANS_NEVER]
 
     def features(idx: np.ndarray) -> np.ndarray:
         """X for the rows idx, built per split so the full matrix never exists twice."""
@@ -463,6 +469,7 @@ def load(spec: Any) -> Splits:
             rows = np.flatnonzero(slot >= 0)
             X[rows, offset + slot[rows]] = 1.0
             offset += len(categories[column])
+        X[:, offset:] = never[idx]
         return X
 
     n_num = len(NUMERIC_FEATURES)
@@ -476,6 +483,7 @@ def load(spec: Any) -> Splits:
         "numeric": {
             "columns": list(NUMERIC_FEATURES),
             "medians": medians.tolist(),
+            "missing_indicators": list(MISSING_MEANS_NEVER),
             "scaler": scaler.to_json(),
             "derived": {CREDIT_HISTORY: "months from earliest_cr_line to issue_d"},
         },

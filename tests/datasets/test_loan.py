@@ -352,3 +352,17 @@ def test_fixture_is_in_the_real_format(tmp_path: Path) -> None:
     assert rows[-1][0] == SUMMARY_ROWS[-1] and not any(rows[-1][1:])
     assert "" in set(column(path, "mths_since_last_delinq"))
     assert len(read_rows(write(tmp_path / "bare", n_rows=10, summary_rows=False))[1]) == 10
+
+
+def test_missing_means_never_keeps_an_indicator(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    splits = loan.load(spec(path))
+    ids, X, _ = together(splits)
+    names = splits.train.preprocessing["features"]
+    for name in loan.MISSING_MEANS_NEVER:
+        raw = column(path, name)[ids]
+        indicator = X[:, names.index(f"{name}=missing")]
+        blank = np.array([str(v).strip() == "" for v in raw])
+        assert 0 < blank.sum() < len(blank)  # the fixture has both kinds
+        np.testing.assert_array_equal(indicator, blank.astype(np.float32))
+    assert splits.train.domain.contains(X).all()
