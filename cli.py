@@ -75,9 +75,11 @@ def train(spec_ref: str, out: Path, adversarial: bool, data_path: Path | None, q
     Example:
       uverify train --spec specs/mixture.yaml --out runs/mixture --adversarial
     """
+    from uverify.files import ensure_writable_dir
     from uverify.pipeline import train_run
 
     spec = _load(spec_ref, data_path)
+    ensure_writable_dir(out)
     run = train_run(spec, out, adversarial=adversarial, progress=not quiet)
     click.echo(_describe(spec.name, run))
 
@@ -161,6 +163,7 @@ def check(
     Example:
       uverify check --spec mixture --model runs/mixture/model.onnx --epsilon 0.01 --epsilon 0.02 --out report.json
     """
+    from uverify.files import ensure_writable_dir
     from uverify.verifier.check import check as run_check
     from uverify.verifier.check import domain_from_metadata, samples_from_npz, samples_from_spec
     from uverify.verifier.report import render_table, save_report
@@ -180,6 +183,8 @@ def check(
     from uverify.specs import load_spec
 
     spec = load_spec(spec_ref, overrides)
+    if out:
+        ensure_writable_dir(out.parent)
     if npz:
         from uverify.models import read_metadata
 

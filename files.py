@@ -10,12 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from uverify.errors import UverifyError
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise UverifyError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -28,10 +33,25 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UverifyError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> None:
+    """Fail before a long run, not after it, when its output folder cannot be written."""
+    folder = Path(path).absolute()
+    existing = folder
+    while not existing.exists():  # the folder may not exist yet: its nearest existing ancestor decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UverifyError(f"cannot write to {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UverifyError(f"cannot write to {folder}: {existing} is not writable")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -80,10 +80,11 @@ class PGD(ABC):
         self.relative_step = step_size if step_size is not None else 2.5 / steps
         self.loss = LOSSES[loss]
         self.early_stop = early_stop
-        # The first restart starts at x itself unless asked otherwise: from x, steepest ascent heads
-        # straight for the nearest boundary of a locally linear model, which a random start inside
-        # the ball reaches only slowly (for L2 and L1 the projection then crawls along the sphere).
-        # Later restarts start at random points. Madry's training asks for a random first start.
+        # Restarts start at x itself unless asked otherwise: from x, steepest ascent heads straight for
+        # the nearest boundary of a locally linear model, which a random start inside the ball reaches
+        # only slowly (for L2 and L1 the projection then crawls along the sphere). The first restart is
+        # untargeted, the next ones target each other class in turn; restarts beyond those start at
+        # random points. Madry's training asks for random starts throughout.
         self.random_first_start = random_first_start
 
     @abstractmethod
@@ -149,7 +150,9 @@ class PGD(ABC):
                 # the nearest first
                 target = ranked[idx, (restart - 1) % ranked.shape[1]]
                 loss_fn = partial(_targeted_margin, target=target)
-            start = self.random_start(xa, eps, gen) if restart > 0 or self.random_first_start else 0.0
+            targets = ranked.shape[1] if ranked is not None else 0
+            fresh = restart <= targets  # the untargeted pass and one pass per target start at x
+            start = self.random_start(xa, eps, gen) if self.random_first_start or not fresh else 0.0
             x_adv = torch.max(torch.min(xa + start, hi), lo)
             for step in range(self.steps + 1):
                 x_adv.requires_grad_(True)

@@ -15,8 +15,10 @@ run that way.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,13 @@ class Samples:
 def samples_from_spec(spec: Spec, count: int | None = None) -> tuple[Samples, Domain]:
     """`count` (default data.samples) samples of the spec's split, a seeded choice kept in id order."""
     part = load(spec.data).split(spec.data.split)
-    count = min(count or spec.data.samples, len(part))
+    asked = count or spec.data.samples
+    count = min(asked, len(part))
     rng = np.random.default_rng(spec.data.seed)
     pick = np.sort(rng.choice(len(part), size=count, replace=False))
     chosen = part.subset(pick)
-    return Samples(chosen.X, chosen.y, chosen.ids, f"{chosen.name}:{spec.data.split}"), part.domain
+    source = f"{chosen.name}:{spec.data.split}" + (f" (all {count}; {asked} asked)" if asked > count else "")
+    return Samples(chosen.X, chosen.y, chosen.ids, source), part.domain
 
 
 def samples_from_npz(path: str | Path) -> Samples:
@@ -64,18 +68,25 @@ def samples_from_npz(path: str | Path) -> Samples:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise UverifyError(f"samples {path}: a single array, not an .npz with arrays x and y")
             missing = [k for k in ("x", "y") if k not in data.files]
             if missing:
                 raise UverifyError(f"samples {path}: no array {' or '.join(map(repr, missing))} (has {data.files})")
             x, y = data["x"], data["y"]
-            ids = data["ids"] if "ids" in data.files else np.arange(len(y))
+            ids = data["ids"] if "ids" in data.files else None
     except UverifyError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as exc:
         raise UverifyError(f"samples {path}: not a readable .npz file ({exc})") from None
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise UverifyError(f"samples {path}: x must be finite numbers")
-    if y.ndim != 1 or len(y) != len(x) or len(ids) != len(x):
+    if x.ndim < 2 or y.ndim != 1 or (ids is not None and ids.ndim != 1):
+        raise UverifyError(f"samples {path}: x must be (N, features...) and y, ids (N,); got {x.shape}, {y.shape}")
+    ids = np.arange(len(y)) if ids is None else ids
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise UverifyError(f"samples {path}: x must be real numbers, not {x.dtype}")
+    if not np.isfinite(x.astype(np.float32)).all():
+        raise UverifyError(f"samples {path}: x must be finite float32 numbers")
+    if len(y) != len(x) or len(ids) != len(x):
         raise UverifyError(f"samples {path}: x has {len(x)} rows but y {y.shape} and ids {ids.shape}")
     if not np.issubdtype(y.dtype, np.integer) or not np.issubdtype(ids.dtype, np.integer):
         raise UverifyError(f"samples {path}: y and ids must be integers")
@@ -153,7 +164,7 @@ def check(
         for k, eps in enumerate(epsilons):
             timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
             rejected = 0
-            generator = torch.Generator().manual_seed(spec.attack.seed * 1_000_003 + k)
+            generator = torch.Generator().manual_seed(_attack_seed(spec.attack.seed, eps))
             for start in range(0, len(todo), batch):
                 idx = todo[start : start + batch]
                 xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
@@ -185,7 +196,7 @@ def check(
                         ("ids", samples.ids[idx][hit][keep]),
                         ("epsilon", np.full(int(keep.sum()), eps)),
                         ("x", x[idx][hit][keep]),
-                        ("x_adv", x_adv[hit][keep]),
+                        ("x_adv", conf.x_adv[keep]),
                         ("y", y[idx][hit][keep]),
                         ("logits", conf.logits[keep]),
                     ):
@@ -213,7 +224,7 @@ def check(
             prediction=int(prediction[i]),
             verdicts=[verdicts[k, i] for k in range(len(epsilons))],
             margin_lower_bounds=[
-                None if np.isnan(margins[k, i]) else float(margins[k, i]) for k in range(len(epsilons))
+                None if not np.isfinite(margins[k, i]) else float(margins[k, i]) for k in range(len(epsilons))
             ],
         )
         for i in range(n)
@@ -232,6 +243,13 @@ def check(
         results=results,
         samples=rows,
     )
+
+
+def _attack_seed(seed: int, eps: float) -> int:
+    """A PGD seed from the spec's seed and the epsilon's value, not its place in the sweep: the same
+    epsilon gives the same attack in any sweep."""
+    digest = hashlib.sha256(f"{seed}:{eps!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _summarise(

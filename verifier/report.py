@@ -98,6 +98,8 @@ def load_report(path: str | Path) -> Report:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UverifyError(f"report {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UverifyError(f"report {path}: not UTF-8 text, so not a {SCHEMA} report") from None
     try:
         return Report.model_validate_json(text)
     except ValidationError as exc:

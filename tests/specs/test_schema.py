@@ -78,6 +78,11 @@ def test_hash_is_stable_and_sensitive() -> None:
             "epsilon values repeat",
         ),
         (
+            "name: x\ndata: {dataset: mixture}\nmodel: {arch: mlp}\ntrain: {adversarial: {epsilon: .inf}}\n",
+            "train.adversarial.epsilon",
+        ),
+        ("name: x\ndata: {dataset: mixture}\nmodel: {arch: mlp}\nproperty: {epsilon: .nan}\n", "property.epsilon"),
+        (
             "name: x\ndata: {dataset: mixture}\nmodel: {arch: mlp}\nproperty: {norm: 3}\n",
             "property.norm: invalid value",
         ),

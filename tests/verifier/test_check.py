@@ -82,6 +82,9 @@ def test_report_round_trips_and_renders(trained: tuple[Spec, Path], tmp_path: Pa
     assert again.model.sha256 == report.model.sha256 and len(again.model.sha256) == 64
     table = render_table(report)
     assert "certified" in table and "0.02" in table
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UverifyError, match="not UTF-8"):
+        load_report(tmp_path / "binary.json")
     (tmp_path / "bad.json").write_text('{"schema": "something else"}')
     with pytest.raises(UverifyError, match=r"not a uverify\.report/1 report"):
         load_report(tmp_path / "bad.json")
@@ -154,6 +157,10 @@ def test_cli_bad_input_is_one_line_exit_2(trained: tuple[Spec, Path], tmp_path: 
     np.savez(tmp_path / "nox.npz", y=np.zeros(3, np.int64))
     np.savez(tmp_path / "badlabel.npz", x=np.full((3, 4), 0.5, np.float32), y=np.array([0, 1, 7]))
     np.savez(tmp_path / "pickled.npz", x=np.array([object()], dtype=object), y=np.zeros(1, np.int64))
+    np.savez(tmp_path / "y0d.npz", x=np.zeros((3, 4), np.float32), y=np.array(1))
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04 broken")
+    np.save(tmp_path / "single.npy", np.zeros((3, 4), np.float32))
+    (tmp_path / "file").write_text("a file where a folder must go")
     cases = [
         (["--model", str(tmp_path / "missing.onnx")], "missing.onnx"),
         (["--model", str(bad["truncated"])], "truncated.onnx"),
@@ -166,6 +173,10 @@ def test_cli_bad_input_is_one_line_exit_2(trained: tuple[Spec, Path], tmp_path: 
         (["--model", str(model), "--samples", str(tmp_path / "badlabel.npz")], "label 7 is out of range"),
         (["--model", str(model), "--samples", str(tmp_path / "pickled.npz")], "pickled.npz"),
         (["--model", str(model), "--samples", str(tmp_path / "none.npz")], "none.npz"),
+        (["--model", str(model), "--samples", str(tmp_path / "y0d.npz")], "y0d.npz"),
+        (["--model", str(model), "--samples", str(tmp_path / "zip.npz")], "not a readable .npz"),
+        (["--model", str(model), "--samples", str(tmp_path / "single.npy")], "single.npy"),
+        (["--model", str(model), "--out", str(tmp_path / "file" / "r.json")], "cannot write"),
     ]
     for args, expected in cases:
         result = _cli("check", "--spec", spec_path, *args, "--quiet")
@@ -179,3 +190,22 @@ def test_npz_loader_rejects_mismatched_lengths(tmp_path: Path) -> None:
     np.savez(tmp_path / "m.npz", x=np.zeros((3, 2), np.float32), y=np.zeros(2, np.int64))
     with pytest.raises(UverifyError, match="3 rows"):
         samples_from_npz(tmp_path / "m.npz")
+
+
+def test_counterexamples_of_large_inputs_are_pulled_into_the_open_ball() -> None:
+    """For inputs near 40, x + eps rounds in float32 to a point just outside the ball; the referee must
+    move it inside (and confirm it there) rather than throw a real counterexample away."""
+    from uverify.verifier.referee import pull_into_ball
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(32, 60, (50, 10)).astype(np.float32)
+    for norm, eps in (("inf", 10.0 / 3), ("2", 7.3), ("1", 11.1)):
+        direction = rng.normal(size=x.shape)
+        order = np.inf if norm == "inf" else float(norm)
+        direction /= np.linalg.norm(direction, ord=order, axis=1, keepdims=True)
+        x_adv = (x + eps * direction).astype(np.float32)
+        assert (lp_distance(x, x_adv, norm) >= eps).any()  # float32 rounding left some outside
+        lo, hi = np.full(10, -np.inf, np.float32), np.full(10, np.inf, np.float32)
+        pulled = pull_into_ball(x, x_adv, eps, norm, lo, hi)
+        assert np.all(lp_distance(x, pulled, norm) < eps)
+        assert np.all(lp_distance(pulled, x_adv, norm) < 1e-4 * eps)  # moved by round-off only
