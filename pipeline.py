@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from uverify import __version__
 from uverify.datasets import Splits, load
 from uverify.errors import ExportError
-from uverify.files import atomic_write, atomic_write_json
+from uverify.files import atomic_write, atomic_write_json, staged_dir
 from uverify.models import build_model, export_onnx
 from uverify.specs.schema import Spec, spec_sha256
 from uverify.unlearning.train import Trainer, accuracy
@@ -44,9 +44,19 @@ class TrainRun:
 def train_run(
     spec: Spec, out: str | Path, *, adversarial: bool, splits: Splits | None = None, progress: bool = True
 ) -> TrainRun:
-    """Train the spec's model (standard or adversarial), export it, check it with onnxruntime."""
+    """Train the spec's model (standard or adversarial), export it, check it with onnxruntime.
+
+    Everything is written into a staging folder beside `out` that replaces `out` only when complete, so
+    a failed or interrupted run never leaves a directory that mixes files of two runs."""
+    final = Path(out)
+    with staged_dir(final) as staging:
+        return _train_into(spec, staging, final, adversarial=adversarial, splits=splits, progress=progress)
+
+
+def _train_into(
+    spec: Spec, out: Path, final: Path, *, adversarial: bool, splits: Splits | None, progress: bool
+) -> TrainRun:
     started = time.perf_counter()
-    out = Path(out)
     splits = splits or load(spec.data)
     train, test = splits.train, splits.test
     adv = spec.adversarial_or_default() if adversarial else None
@@ -72,13 +82,13 @@ def train_run(
     onnx_acc = _onnx_accuracy(out / "model.onnx", test.X, test.y)
     torch_acc = accuracy(model, test)
     if len(test) and abs(onnx_acc - torch_acc) > 1.0 / len(test) + 1e-12:
-        raise ExportError(f"{out / 'model.onnx'}: onnxruntime accuracy {onnx_acc:.4f} != torch {torch_acc:.4f}")
+        raise ExportError(f"{final / 'model.onnx'}: onnxruntime accuracy {onnx_acc:.4f} != torch {torch_acc:.4f}")
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
     atomic_write_json(out / "spec.json", spec.model_dump(mode="json"))
     seconds = time.perf_counter() - started
-    result = TrainRun(out, training, onnx_acc, accuracy(model, train), seconds, report.max_abs_diff)
+    result = TrainRun(final, training, onnx_acc, accuracy(model, train), seconds, report.max_abs_diff)
     atomic_write_json(
         out / "train_log.json",
         {
