@@ -280,7 +280,11 @@ def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     """
     path = resolve_spec_path(ref)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))  # a SafeLoader: no Python objects
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
