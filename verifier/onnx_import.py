@@ -1069,22 +1069,11 @@ def load_onnx(path: PathLike) -> onnx.ModelProto:
     return model
 
 
-def _ort_outputs(model: onnx.ModelProto, x: np.ndarray, label: str) -> np.ndarray:
-    """onnxruntime's outputs for x, one sample per run when the file fixes the batch at 1."""
-    import onnxruntime as ort  # slow to import; only the referee needs it
+def _ort_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's outputs for x (one sample per run when the file fixes the batch at 1)."""
+    from uverify.verifier.referee import Referee  # onnxruntime is slow to import: only when needed
 
-    input_value, output_name = _graph_io(model)
-    _, fixed_batch = _input_signature(input_value)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        if fixed_batch:
-            runs = [session.run([output_name], {input_value.name: x[i : i + 1]})[0] for i in range(len(x))]
-            return np.concatenate(runs, axis=0)
-        return np.asarray(session.run([output_name], {input_value.name: x})[0])
-    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument, ...)
-        raise ModelError(f"onnxruntime cannot run {label}: {_one_line(exc)}") from exc
+    return Referee(model).outputs(x)
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -1102,7 +1091,7 @@ def _validate(model: onnx.ModelProto, module: nn.Module, x: np.ndarray, atol: fl
         raise ModelError(
             f"samples of shape {list(x.shape)} do not fit {label}: expected [N, {', '.join(map(str, input_shape))}]"
         )
-    expected = _ort_outputs(model, x, label)
+    expected = _ort_outputs(model, x)
     tensors = [*module.parameters(), *module.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
     with torch.no_grad():

@@ -35,6 +35,11 @@ class Referee:
         self.fixed_batch = self.full_shape[0] == 1
 
     def logits(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Outputs as (N, classes)."""
+        return self.outputs(x, batch_size).reshape(len(x), -1)
+
+    def outputs(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Outputs in the file's own shape, batch first."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         step = 1 if self.fixed_batch else batch_size
         try:
@@ -42,8 +47,7 @@ class Referee:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot run the model on inputs of shape {list(x.shape)}: {first}") from exc
-        logits = np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
-        return logits.reshape(len(x), -1)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
 @dataclass(frozen=True)
