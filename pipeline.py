@@ -27,6 +27,7 @@ from uverify.files import atomic_write, atomic_write_json, staged_dir
 from uverify.models import build_model, export_onnx
 from uverify.specs.schema import Spec, spec_sha256
 from uverify.unlearning.train import Trainer, accuracy
+from uverify.verifier.referee import Referee
 
 EXPORT_CHECK_SAMPLES = 256
 
@@ -114,13 +115,10 @@ def _train_into(
     return result
 
 
-def _onnx_accuracy(path: Path, X: np.ndarray, y: np.ndarray, batch_size: int = 4096) -> float:
+def _onnx_accuracy(path: Path, X: np.ndarray, y: np.ndarray) -> float:
     if len(X) == 0:
         return float("nan")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    preds = [session.run(None, {name: X[i : i + batch_size]})[0].argmax(1) for i in range(0, len(X), batch_size)]
-    return float((np.concatenate(preds) == y).mean())
+    return float((Referee(path).logits(X).argmax(1) == y).mean())
 
 
 __all__ = ["TrainRun", "train_run"]

@@ -16,6 +16,7 @@ run that way.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 import zipfile
@@ -296,8 +297,6 @@ def _domain_arrays(domain: Domain | None, shape: tuple[int, ...], model_path: Pa
 
 def domain_from_metadata(metadata: dict[str, Any]) -> Domain | None:
     """The input domain an exported model records (uverify's own exports), if any."""
-    import json
-
     raw = metadata.get("input_domain")
     if raw is None:
         return None

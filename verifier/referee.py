@@ -18,10 +18,15 @@ from uverify.errors import ModelError
 class Referee:
     """One onnxruntime session over an ONNX classifier, batched (one sample a run for a fixed batch of 1)."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto) -> None:
+    def __init__(self, model: str | Path | onnx.ModelProto | bytes) -> None:
         import onnxruntime as ort  # slow to import: only when a check runs
 
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
+        if isinstance(model, bytes):
+            data = model
+        elif isinstance(model, onnx.ModelProto):
+            data = model.SerializeToString()
+        else:
+            data = Path(model).read_bytes()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
