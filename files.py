@@ -94,3 +94,25 @@ def staged_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_update(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Change a run directory all-or-nothing: yields a copy of `folder` (hard links, so it costs no
+    space) that replaces `folder` whole on success and is deleted on failure.
+
+    Files in the copy share storage with the original, so they must only be replaced (`atomic_write`
+    writes a new file and renames it), never modified in place: every writer in uverify does that."""
+    source = Path(folder)
+    with staged_dir(source) as staging:
+        for path in sorted(source.rglob("*")):
+            target = staging / path.relative_to(source)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # a file system without hard links: copy
+                shutil.copy2(path, target)
+        yield staging

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from uverify import __version__
@@ -108,19 +109,17 @@ def check(
 ) -> Report:
     """Run the certified and the empirical check of the spec's property; see the module docstring."""
     from uverify.verifier.bounds import Bounder, verified
-    from uverify.verifier.onnx_import import load_onnx, onnx_to_torch, validate_against_onnxruntime
-    from uverify.verifier.referee import Referee, confirm_counterexamples
+    from uverify.verifier.referee import confirm_counterexamples
 
     started = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UverifyError(f"model {model_path}: no such file")
-    proto = load_onnx(model_path)
-    imported = onnx_to_torch(proto)
-    shape = imported.input_shape
+    target = _load_target(model_path)
+    shape = target.input_shape
     x = _fit(samples.x, shape, model_path)
-    # bounds and PGD run on the imported module: it must compute what the file computes, here
-    validate_against_onnxruntime(proto, imported.module, x[:IMPORT_CHECK_SAMPLES])
+    # bounds and PGD run on the imported modules: they must compute what the files compute, here
+    target.validate(x[:IMPORT_CHECK_SAMPLES])
     lower, upper = _domain_arrays(domain, shape, model_path)
     flat = x.reshape(len(x), -1)
     outside = ~np.all((flat >= lower.reshape(-1) - DOMAIN_SLACK) & (flat <= upper.reshape(-1) + DOMAIN_SLACK), axis=1)
@@ -129,7 +128,7 @@ def check(
             f"{int(outside.sum())} sample(s) lie outside the input domain (first id {int(samples.ids[outside][0])})"
         )
     x = np.clip(x, lower, upper)  # round-off of at most DOMAIN_SLACK: the ball's centre must lie in the domain
-    referee = Referee(model_path)
+    referee = target.referee
     t0 = time.perf_counter()
     clean_logits = referee.logits(x)
     referee_seconds = time.perf_counter() - t0
@@ -141,7 +140,7 @@ def check(
         raise UverifyError(f"label {bad} is out of range: the model has {num_classes} classes")
     correct = prediction == y
 
-    bounder = Bounder(imported.module, shape, spec.verify.method, num_classes=num_classes)
+    bounders = [Bounder(module, shape, spec.verify.method, num_classes=num_classes) for module in target.members]
     attack = pgd_for(
         spec.property.norm,
         steps=spec.attack.steps,
@@ -170,19 +169,21 @@ def check(
                 idx = todo[start : start + batch]
                 xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
                 t0 = time.perf_counter()
-                lb = bounder.margins(xb, yb, eps, spec.property.norm, lo_t, hi_t).numpy()
+                min_lb = target.margin(
+                    [b.margins(xb, yb, eps, spec.property.norm, lo_t, hi_t).numpy().min(axis=1) for b in bounders]
+                )
                 timing["bounds"] += time.perf_counter() - t0
-                min_lb = lb.min(axis=1)
-                is_verified = verified(torch.from_numpy(lb)).numpy()
+                is_verified = verified(torch.from_numpy(min_lb[:, None])).numpy()
                 t0 = time.perf_counter()
                 hit = np.zeros(len(idx), bool)
-                target = np.ones(len(idx), bool) if cross_check else ~is_verified
-                if target.any():
-                    sel = torch.from_numpy(np.flatnonzero(target))
-                    result = attack.run(imported.module, xb[sel], yb[sel], eps, lo_t[None], hi_t[None], generator)
-                    hit[target] = result.success.numpy()
+                todo_attack = np.ones(len(idx), bool) if cross_check else ~is_verified
+                if todo_attack.any():
+                    sel = torch.from_numpy(np.flatnonzero(todo_attack))
+                    result = attack.run(target.module, xb[sel], yb[sel], eps, lo_t[None], hi_t[None], generator)
                     x_adv = np.zeros_like(x[idx])
-                    x_adv[target] = result.x_adv.numpy()
+                    x_adv[todo_attack] = result.x_adv.numpy()
+                    # a vote is judged by onnxruntime, not by the surrogate PGD attacked
+                    hit[todo_attack] = target.judge(result, x_adv[todo_attack], y[idx][todo_attack])
                 timing["attack"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 confirmed = np.zeros(len(idx), bool)
@@ -234,7 +235,7 @@ def check(
         spec_name=spec.name,
         spec_sha256=spec_sha256(spec),
         spec=spec.model_dump(mode="json"),
-        model={"path": str(model_path), "sha256": sha256_file(model_path), "metadata": dict(imported.metadata)},
+        model={"path": str(model_path), "sha256": sha256_file(model_path), "metadata": target.metadata},
         samples_source=samples.source,
         norm=spec.property.norm,
         method=spec.verify.method,
@@ -244,6 +245,65 @@ def check(
         results=results,
         samples=rows,
     )
+
+
+@dataclass
+class _Target:
+    """What `check` verifies: one ONNX classifier, or a majority vote of several (verifier/vote.py)."""
+
+    path: Path
+    members: list[nn.Module]  # bounded one by one
+    protos: list[Any]  # their ONNX graphs, for the import check
+    module: nn.Module  # PGD attacks this: the model itself, or the vote's mean-of-logits surrogate
+    referee: Any  # Referee | VoteReferee: `logits` decides predictions and counterexamples
+    input_shape: tuple[int, ...]
+    metadata: dict[str, Any]
+    vote: bool
+
+    def validate(self, x: np.ndarray) -> None:
+        from uverify.verifier.onnx_import import validate_against_onnxruntime
+
+        for proto, member in zip(self.protos, self.members, strict=True):
+            validate_against_onnxruntime(proto, member, x)
+
+    def margin(self, member_margins: list[np.ndarray]) -> np.ndarray:
+        """The lower bound whose sign certifies the model: a member's own, or the vote's order statistic."""
+        from uverify.verifier.vote import vote_margin
+
+        return vote_margin(np.stack(member_margins)) if self.vote else member_margins[0]
+
+    def judge(self, result: Any, x_adv: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Which PGD points are candidates worth confirming."""
+        if not self.vote:
+            return result.success.numpy()
+        return self.referee.logits(x_adv).argmax(1) != y
+
+
+def _load_target(model_path: Path) -> _Target:
+    from uverify.verifier.onnx_import import load_onnx, onnx_to_torch
+    from uverify.verifier.referee import Referee
+    from uverify.verifier.vote import MeanOfLogits, VoteReferee, is_vote_manifest, read_vote_manifest
+
+    if not is_vote_manifest(model_path):
+        proto = load_onnx(model_path)
+        imported = onnx_to_torch(proto)
+        return _Target(
+            model_path, [imported.module], [proto], imported.module, Referee(model_path),
+            imported.input_shape, dict(imported.metadata), vote=False,
+        )  # fmt: skip
+    _, files = read_vote_manifest(model_path)
+    protos = [load_onnx(f) for f in files]
+    members = [onnx_to_torch(p) for p in protos]
+    shapes = {m.input_shape for m in members}
+    if len(shapes) != 1:
+        raise UverifyError(f"vote {model_path}: members take different input shapes {sorted(shapes)}")
+    metadata: dict[str, Any] = dict(members[0].metadata)
+    metadata.update(aggregation="majority_vote", members=[str(f.relative_to(model_path.parent)) for f in files])
+    modules = [m.module for m in members]
+    return _Target(
+        model_path, modules, protos, MeanOfLogits(modules).eval(), VoteReferee(files),
+        members[0].input_shape, metadata, vote=True,
+    )  # fmt: skip
 
 
 def _attack_seed(seed: int, eps: float) -> int:

@@ -1,0 +1,301 @@
+"""SISA unlearning (Bourtoule et al., "Machine Unlearning", IEEE S&P 2021): Sharded, Isolated,
+Sliced, Aggregated training, and exact deletion by retraining only what saw the deleted samples.
+
+The training ids are permuted (seeded) and cut into S shards, each shard into R slices; the manifest
+records every id's shard and slice. Shard k's model trains slice by slice: step r trains on slices
+1..r together, and a checkpoint (weights, optimiser state and both random streams) is written after
+every step. Deleting ids retrains each affected shard from the checkpoint before the first slice that
+held one of them, on the same data without the deleted ids: the result is bit-for-bit the model that
+SISA would have trained from scratch without them (same manifest, same seeds).
+
+Epoch budget: every step trains `slice_epochs(E, R) = round(2E / (R + 1))` epochs (at least one), so a
+shard's whole schedule costs about E epochs over the shard, as training it unsliced would
+(sum_r r/R * 2E/(R+1) = E). Under that budget the expected cost of one deletion is (2R+1)/(3R) of a
+shard's training, and the expected speed-up over retraining one model on all data is S*3R/(2R+1).
+
+Aggregation: mean_logits (default) and mean_softmax are one torch module, exported as one ONNX graph
+(an Add chain times 1/S: auto_LiRPA 0.3 cannot bound torch.stack(...).mean(0)) so CROWN bounds the
+whole ensemble; majority_vote counts each shard's argmax (ties go to the lowest class) and is exported
+shard by shard (see verifier/vote.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from uverify.datasets import Dataset
+from uverify.errors import UverifyError
+from uverify.files import atomic_write
+from uverify.models import build_model
+from uverify.specs.schema import AdversarialSpec, Spec
+from uverify.unlearning.train import Trainer
+
+SISA_DIR = "sisa"
+MANIFEST_FILE = "manifest.npz"
+Aggregation = Literal["mean_logits", "mean_softmax", "majority_vote"]
+
+
+def slice_epochs(epochs: int, slices: int) -> int:
+    """Epochs per slice step, so that a shard's schedule costs about `epochs` epochs over the shard."""
+    return max(1, round(2 * epochs / (slices + 1)))
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """Shard k's own seed (initial weights, shuffling, attack starts), independent of the others."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Which shard and which slice each training id belongs to (in training order within a slice)."""
+
+    ids: np.ndarray  # int64, every training id once, grouped by shard then slice
+    shard: np.ndarray  # int32 per id
+    slice: np.ndarray  # int32 per id, 0-based
+    shards: int
+    slices: int
+
+    @classmethod
+    def build(cls, train_ids: np.ndarray, shards: int, slices: int, seed: int) -> Manifest:
+        n = len(train_ids)
+        if shards * slices > n:
+            raise UverifyError(
+                f"unlearning.sisa: {shards} shards x {slices} slices need at least {shards * slices} training "
+                f"samples; the training set has {n}"
+            )
+        order = np.random.default_rng(np.random.SeedSequence([seed, 0x515A])).permutation(np.sort(train_ids))
+        ids, shard, slice_ = [], [], []
+        for k, shard_ids in enumerate(np.array_split(order, shards)):
+            for r, slice_ids in enumerate(np.array_split(shard_ids, slices)):
+                ids.append(slice_ids)
+                shard.append(np.full(len(slice_ids), k, np.int32))
+                slice_.append(np.full(len(slice_ids), r, np.int32))
+        return cls(np.concatenate(ids).astype(np.int64), np.concatenate(shard), np.concatenate(slice_), shards, slices)
+
+    def members(self, shard: int, up_to_slice: int, exclude: np.ndarray) -> np.ndarray:
+        """Ids of `shard` in slices 0..up_to_slice, in manifest order, without `exclude`."""
+        mask = (self.shard == shard) & (self.slice <= up_to_slice)
+        if len(exclude):
+            mask &= ~np.isin(self.ids, exclude)
+        return self.ids[mask]
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, slice) of each id; every id must be in the manifest."""
+        order = np.argsort(self.ids)
+        pos = np.searchsorted(self.ids[order], ids)
+        pos = np.minimum(pos, len(order) - 1)
+        found = self.ids[order][pos] == ids
+        if not found.all():
+            raise UverifyError(f"sample id {int(ids[~found][0])} is not in the SISA manifest")
+        return self.shard[order][pos], self.slice[order][pos]
+
+    def save(self, path: Path) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle, ids=self.ids, shard=self.shard, slice=self.slice, shape=np.array([self.shards, self.slices])
+                )
+
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids, shard, slice_, shape = data["ids"], data["shard"], data["slice"], data["shape"]
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise UverifyError(f"SISA manifest {path}: not readable ({exc})") from None
+        if not (len(ids) == len(shard) == len(slice_)) or shape.shape != (2,):
+            raise UverifyError(f"SISA manifest {path}: arrays of different lengths")
+        return cls(ids.astype(np.int64), shard.astype(np.int32), slice_.astype(np.int32), int(shape[0]), int(shape[1]))
+
+
+class SisaEnsemble(nn.Module):
+    """The aggregate M = M1 ◇ ... ◇ MS as one module.
+
+    mean_logits and mean_softmax are written as a sum over members times 1/S (one ONNX graph that
+    CROWN bounds); majority_vote returns the vote counts per class, for accuracy only."""
+
+    def __init__(self, members: list[nn.Module], aggregation: Aggregation) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.aggregation = aggregation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for member in self.members:
+            out = member(x)
+            if self.aggregation == "mean_softmax":
+                out = torch.softmax(out, dim=1)
+            elif self.aggregation == "majority_vote":
+                out = nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
+            total = out if total is None else total + out
+        assert total is not None
+        return total if self.aggregation == "majority_vote" else total * (1.0 / len(self.members))
+
+
+@dataclass(frozen=True)
+class SliceLog:
+    shard: int
+    slice: int
+    samples: int
+    epochs: int
+    loss: float | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Sisa:
+    """Training, loading and deletion of a SISA ensemble inside a run directory."""
+
+    def __init__(self, spec: Spec, train: Dataset, adversarial: AdversarialSpec | None) -> None:
+        self.spec = spec
+        self.cfg = spec.unlearning.sisa
+        self.train = train
+        self.adversarial = adversarial
+        self.epochs = slice_epochs(spec.train.epochs, self.cfg.slices)
+        order = np.argsort(train.ids)
+        self._sorted_ids, self._order = train.ids[order], order
+
+    # ------------------------------------------------------------------------------------ files
+    @staticmethod
+    def checkpoint(run: Path, shard: int, slice_: int) -> Path:
+        return run / SISA_DIR / f"shard_{shard:03d}" / f"slice_{slice_ + 1:03d}.pt"
+
+    def manifest(self, run: Path) -> Manifest:
+        manifest = Manifest.load(run / SISA_DIR / MANIFEST_FILE)
+        if (manifest.shards, manifest.slices) != (self.cfg.shards, self.cfg.slices):
+            raise UverifyError(
+                f"run {run}: the manifest has {manifest.shards}x{manifest.slices} shards x slices, the spec "
+                f"{self.cfg.shards}x{self.cfg.slices}"
+            )
+        if not np.array_equal(np.sort(manifest.ids), self._sorted_ids):
+            raise UverifyError(f"run {run}: the SISA manifest does not match the spec's training set")
+        return manifest
+
+    def check_files(self, run: Path) -> None:
+        missing = [
+            self.checkpoint(run, k, r)
+            for k in range(self.cfg.shards)
+            for r in range(self.cfg.slices)
+            if not self.checkpoint(run, k, r).is_file()
+        ]
+        if missing:
+            raise UverifyError(f"run {run}: SISA checkpoint {missing[0].relative_to(run)} is missing")
+
+    def storage_bytes(self, run: Path) -> int:
+        return sum(p.stat().st_size for p in (run / SISA_DIR).rglob("*") if p.is_file())
+
+    # --------------------------------------------------------------------------------- training
+    def fit(
+        self, run: Path, *, manifest: Manifest | None = None, exclude: np.ndarray | None = None, progress: bool = True
+    ) -> tuple[SisaEnsemble, list[dict[str, Any]]]:
+        """Train every shard from scratch into `run` (a staging folder), writing the manifest and
+        all checkpoints; `exclude` leaves ids out (the exactness baseline: SISA without them)."""
+        manifest = manifest or Manifest.build(self.train.ids, self.cfg.shards, self.cfg.slices, self.spec.train.seed)
+        exclude = np.zeros(0, np.int64) if exclude is None else exclude
+        manifest.save(run / SISA_DIR / MANIFEST_FILE)
+        members, logs = [], []
+        for k in range(self.cfg.shards):
+            trainer, shard_logs = self._train_shard(run, manifest, k, 0, exclude, progress)
+            members.append(trainer.model)
+            logs += [log.to_json() for log in shard_logs]
+        return SisaEnsemble(members, self.cfg.aggregation), logs
+
+    def retrain(self, run: Path, deleted: np.ndarray, scratch: Path, *, progress: bool = True) -> SisaEnsemble:
+        """The exact baseline: SISA from scratch into `scratch`, same manifest and seeds, without `deleted`."""
+        model, _ = self.fit(scratch, manifest=self.manifest(run), exclude=deleted, progress=progress)
+        return model
+
+    def load(self, run: Path) -> SisaEnsemble:
+        self.manifest(run)
+        self.check_files(run)
+        return SisaEnsemble(
+            [self._trainer(k, run, self.cfg.slices - 1).model for k in range(self.cfg.shards)], self.cfg.aggregation
+        )
+
+    def unlearn(
+        self, run: Path, new_ids: np.ndarray, deleted: np.ndarray, *, progress: bool = True
+    ) -> tuple[SisaEnsemble, list[dict[str, Any]]]:
+        """Retrain the shards that held `new_ids` from the checkpoint before the first slice that held
+        one, without any of `deleted` (all ids deleted so far, `new_ids` included). Writes into `run`."""
+        manifest = self.manifest(run)
+        self.check_files(run)
+        shard, slice_ = manifest.locate(new_ids)
+        touched = []
+        for k in np.unique(shard):
+            if len(manifest.members(int(k), self.cfg.slices - 1, deleted)) == 0:
+                raise UverifyError(
+                    f"deleting these ids leaves SISA shard {int(k)} without training data; use fewer shards"
+                )
+        for k in map(int, np.unique(shard)):
+            first = int(slice_[shard == k].min())
+            started = time.perf_counter()
+            _, logs = self._train_shard(run, manifest, k, first, deleted, progress)
+            touched.append(
+                {
+                    "shard": k,
+                    "from_slice": first + 1,
+                    "slices_retrained": self.cfg.slices - first,
+                    "ids": int((shard == k).sum()),
+                    "samples_seen": int(sum(log.samples * log.epochs for log in logs)),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        return self.load(run), touched
+
+    def _trainer(self, shard: int, run: Path | None = None, after_slice: int = -1) -> Trainer:
+        """Shard `shard`'s trainer, fresh (after_slice -1) or as the checkpoint after `after_slice` left it."""
+        seed = shard_seed(self.spec.train.seed, shard)
+        model = build_model(self.spec.model, self.train.input_shape, self.train.num_classes, seed=seed)
+        trainer = Trainer(model, self.spec.train, adversarial=self.adversarial, norm=self.spec.property.norm, seed=seed)
+        if after_slice >= 0:
+            assert run is not None
+            path = self.checkpoint(run, shard, after_slice)
+            try:
+                state = torch.load(path, weights_only=True)
+                trainer.load_state_dict(state)
+            except (OSError, RuntimeError, KeyError, EOFError) as exc:
+                raise UverifyError(f"SISA checkpoint {path}: not readable ({str(exc).splitlines()[0]})") from None
+            trainer.model.eval()
+        return trainer
+
+    def _train_shard(
+        self, run: Path, manifest: Manifest, shard: int, first: int, exclude: np.ndarray, progress: bool
+    ) -> tuple[Trainer, list[SliceLog]]:
+        trainer = self._trainer(shard, run, first - 1)
+        logs = []
+        for r in range(first, self.cfg.slices):
+            data = self._subset(manifest.members(shard, r, exclude))
+            started = time.perf_counter()
+            history = []
+            if len(data):  # every earlier slice deleted: nothing to train on yet, the model stays as it is
+                history = trainer.fit(
+                    data, self.epochs, progress=progress, desc=f"shard {shard + 1}/{self.cfg.shards} slice {r + 1}"
+                )
+            state = trainer.state_dict()
+            atomic_write(self.checkpoint(run, shard, r), lambda tmp, state=state: torch.save(state, tmp))
+            logs.append(
+                SliceLog(
+                    shard, r + 1, len(data), self.epochs, history[-1].loss if history else None,
+                    time.perf_counter() - started,
+                )
+            )  # fmt: skip
+        trainer.model.eval()
+        return trainer, logs
+
+    def _subset(self, ids: np.ndarray) -> Dataset:
+        pos = np.searchsorted(self._sorted_ids, ids)
+        return self.train.subset(self._order[pos])
+
+
+__all__ = ["Manifest", "Sisa", "SisaEnsemble", "SliceLog", "shard_seed", "slice_epochs"]
