@@ -56,32 +56,113 @@ def _spec_option(f: Any) -> Any:
     )(f)
 
 
-def _load(spec_ref: str, data_path: Path | None) -> Any:
-    from uverify.specs import load_spec
-
-    return load_spec(spec_ref, {"data.path": str(data_path)} if data_path else None)
+_METHODS = click.Choice(["sisa", "amnesiac"])
 
 
 @cli.command()
 @_spec_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory to write.")
 @click.option("--adversarial", is_flag=True, help="PGD adversarial training (spec's train.adversarial, or defaults).")
+@click.option("--method", type=_METHODS, help="Unlearning method to train for. Default: the spec's unlearning.method.")
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(spec_ref: str, out: Path, adversarial: bool, data_path: Path | None, quiet: bool) -> None:
-    """Train the spec's model and write model.onnx (checked by onnxruntime) and train_log.json.
+def train(spec_ref: str, out: Path, adversarial: bool, method: str | None, data_path: Path | None, quiet: bool) -> None:
+    """Train M for later unlearning and export it to ONNX (checked by onnxruntime).
+
+    SISA trains the sharded, sliced ensemble with its checkpoints; Amnesiac trains one model and
+    records every batch's update. The run directory holds model.onnx (vote.json for a majority vote),
+    run.json, spec.json and train_log.json.
 
     \b
     Example:
-      uverify train --spec specs/mixture.yaml --out runs/mixture --adversarial
+      uverify train --spec specs/mixture.yaml --method sisa --out runs/mixture --adversarial
     """
     from uverify.files import ensure_writable_dir
     from uverify.pipeline import train_run
+    from uverify.specs import load_spec
 
-    spec = _load(spec_ref, data_path)
+    overrides: dict[str, Any] = {"unlearning.method": method} if method else {}
+    if data_path:
+        overrides["data.path"] = str(data_path)
+    spec = load_spec(spec_ref, overrides or None)
     ensure_writable_dir(out)
     run = train_run(spec, out, adversarial=adversarial, progress=not quiet)
     click.echo(_describe(spec.name, run))
+
+
+@cli.command()
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="A run of `uverify train`.",
+)
+@click.option("--method", type=_METHODS, help="The run's method (checked: a SISA run cannot be unlearned by Amnesiac).")
+@click.option(
+    "--delete",
+    "ids_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File of training-set sample ids to delete, one per line.",
+)
+@click.option("--delete-fraction", type=float, help="Delete this seeded fraction of the training set instead.")
+@click.option("--seed", type=int, default=None, help="Seed of --delete-fraction. Default: the spec's delete.seed.")
+@click.option("--baseline", is_flag=True, help="Also retrain from scratch without the ids and compare (slow).")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the metrics here."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def unlearn(
+    run_dir: Path,
+    method: str | None,
+    ids_file: Path | None,
+    delete_fraction: float | None,
+    seed: int | None,
+    baseline: bool,
+    json_out: Path | None,
+    quiet: bool,
+) -> None:
+    """Delete training samples from a run: M' replaces M in the run, all or nothing.
+
+    Without --delete or --delete-fraction the spec's unlearning.delete request is used. The same
+    request twice is a no-op; every deletion is appended to the run's deletions.json and its
+    metrics (accuracy on test / retained / forgotten, membership inference, time) go to unlearn.json.
+
+    \b
+    Example:
+      uverify unlearn --run runs/mixture --method sisa --delete-fraction 0.01 --seed 0
+    """
+    from uverify.files import atomic_write_json, ensure_writable_dir
+    from uverify.pipeline import unlearn_run
+    from uverify.unlearning.run import open_run
+
+    if ids_file is not None and delete_fraction is not None:
+        raise UverifyError("give --delete or --delete-fraction, not both")
+    if seed is not None and delete_fraction is None:
+        raise UverifyError("--seed goes with --delete-fraction")
+    if json_out:
+        ensure_writable_dir(json_out.parent)
+    if ids_file is None and delete_fraction is None:
+        request = open_run(run_dir).spec.unlearning.delete
+        ids_file, delete_fraction, seed = request.ids, request.fraction, request.seed
+    result = unlearn_run(
+        run_dir,
+        ids_file=ids_file,
+        fraction=delete_fraction,
+        seed=0 if seed is None else seed,
+        method=method,
+        baseline=baseline,
+        progress=not quiet,
+    )
+    if result.noop:
+        click.echo(f"nothing to do: all {result.requested} requested ids are already deleted from {result.run}")
+        return
+    from uverify.unlearning.metrics import render_unlearning
+
+    click.echo(render_unlearning(result.entry))
+    if json_out:
+        atomic_write_json(json_out, result.entry["metrics"] | {"deletion": result.entry["number"]})
+    click.echo(f"model: {result.model_path}  log: {result.run / 'deletions.json'}")
 
 
 @cli.command()
@@ -116,7 +197,7 @@ def demo(out: Path, quiet: bool) -> None:
     samples, domain = samples_from_spec(spec)
     for run in runs:
         click.echo(f"\n{run.training} model, {spec.verify.method} bounds and PGD:")
-        report = run_check(run.out / "model.onnx", spec, samples, domain, progress=not quiet)
+        report = run_check(run.model_path, spec, samples, domain, progress=not quiet)
         save_report(report, run.out / "report.json")
         click.echo(render_table(report))
     click.echo(f"\nreports: {', '.join(str(r.out / 'report.json') for r in runs)}")
@@ -187,9 +268,11 @@ def check(
         ensure_writable_dir(out.parent)
     if npz:
         from uverify.models import read_metadata
+        from uverify.verifier.vote import is_vote_manifest, manifest_metadata
 
         samples = samples_from_npz(samples_arg)
-        domain = domain_from_metadata(read_metadata(model_path)) if model_path.is_file() else None
+        metadata = manifest_metadata if is_vote_manifest(model_path) else read_metadata
+        domain = domain_from_metadata(metadata(model_path)) if model_path.is_file() else None
     else:
         samples, domain = samples_from_spec(spec)
     counterexamples = out.with_suffix(".counterexamples.npz") if out else None
@@ -204,9 +287,9 @@ def check(
 
 def _describe(name: str, run: Any) -> str:
     return (
-        f"{run.training:>11} {name}: clean test accuracy {run.test_accuracy:.4f} (onnxruntime), "
+        f"{run.training:>11} {run.method} {name}: clean test accuracy {run.test_accuracy:.4f} (onnxruntime), "
         f"train {run.train_accuracy:.4f}, export max|diff| {run.export_max_abs_diff:.1e}, "
-        f"{run.seconds:.1f} s -> {run.out / 'model.onnx'}"
+        f"{run.seconds:.1f} s -> {run.model_path}"
     )
 
 

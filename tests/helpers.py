@@ -12,6 +12,7 @@ def tiny_spec_dict(**overrides: Any) -> dict[str, Any]:
         "model": {"arch": "mlp", "hidden": [16]},
         "train": {"epochs": 5, "batch_size": 32, "lr": 0.02, "seed": 0},
         "property": {"norm": "inf", "epsilon": [0.02, 0.05]},
+        "unlearning": {"method": "sisa", "sisa": {"shards": 3, "slices": 2}},
     }
     for key, value in overrides.items():
         raw[key] = value

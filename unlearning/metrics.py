@@ -102,4 +102,54 @@ def unlearning_metrics(
     return out
 
 
-__all__ = ["accuracy_on", "membership_auc", "parameter_l2", "per_sample_loss", "unlearning_metrics"]
+def render_unlearning(entry: dict[str, Any]) -> str:
+    """The deletion log entry as the few lines `uverify unlearn` prints."""
+    metrics = entry["metrics"]
+    touched = entry["touched"]
+    lines = [
+        f"{entry['method']}: deleted {len(entry['ids'])} of {entry['requested']} requested ids "
+        f"({entry['deleted_total']} deleted in all) in {metrics['seconds']['unlearn']:.2f} s"
+    ]
+    if entry["method"] == "sisa":
+        where = ", ".join(f"shard {t['shard']} from slice {t['from_slice']}" for t in touched)
+        lines.append(f"retrained: {where}")
+    else:
+        lines += [", ".join(f"{k} {_fmt(v)}" for k, v in t.items()) for t in touched]
+    if metrics.get("speedup_vs_retraining"):
+        lines.append(
+            f"retraining from scratch took {metrics['seconds']['retrain']:.2f} s: "
+            f"speed-up {metrics['speedup_vs_retraining']:.1f}x"
+        )
+    names = list(metrics["accuracy"])
+    lines.append(f"{'':24}" + "".join(f"{name:>12}" for name in names))
+    for split in ("test", "retained", "forgotten"):
+        lines.append(f"{'accuracy ' + split:24}" + "".join(f"{_fmt(metrics['accuracy'][n][split]):>12}" for n in names))
+    lines.append(
+        f"{'membership AUC':24}" + "".join(f"{_fmt(metrics['membership_inference_auc'][n]):>12}" for n in names)
+    )
+    for key, label in (
+        ("disagreement_with_retrained", "disagreement w/ retrained"),
+        ("parameter_l2_to_retrained", "L2 to retrained"),
+    ):
+        if key in metrics:
+            lines.append(f"{label:24}" + "".join(f"{_fmt(metrics[key].get(n)):>12}" for n in names))
+    lines.append(f"storage {metrics['storage_bytes'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+__all__ = [
+    "accuracy_on",
+    "membership_auc",
+    "parameter_l2",
+    "per_sample_loss",
+    "render_unlearning",
+    "unlearning_metrics",
+]

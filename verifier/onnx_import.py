@@ -329,7 +329,35 @@ def _softmax(ctx: NodeContext) -> nn.Module:
     axis = _axis(ctx, ctx.attr("axis", -1 if ctx.opset >= 13 else 1), rank)
     if ctx.opset < 13 and axis != rank - 1:
         raise ctx.fail(f"opset {ctx.opset} Softmax over the flattened axes from {axis} is not supported")
+    if rank == 2 and axis == 1:
+        return PairwiseSoftmax(int(ctx.data().shape[1]))
     return nn.Softmax(dim=axis)
+
+
+class PairwiseSoftmax(nn.Module):
+    """softmax over the classes of (N, C) logits, written as p_i = 1 / sum_j exp(z_j - z_i).
+
+    auto_LiRPA 0.3 bounds its own softmax only with IBP (CROWN stops at the max it subtracts for
+    stability); this form is the same function, stable without the max (a difference that overflows
+    gives exp = inf and p_i = 0, the right limit), and built from ops CROWN bounds: a constant Linear
+    for the pairwise differences, Exp, ReduceSum and Reciprocal. It lets CROWN bound SISA's
+    mean_softmax ensembles."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        weight = torch.zeros(classes * classes, classes)
+        for i in range(classes):
+            for j in range(classes):
+                weight[i * classes + j, j] += 1.0
+                weight[i * classes + j, i] -= 1.0
+        self.differences = nn.Linear(classes, classes * classes, bias=False)
+        self.differences.weight.data = weight
+        self.differences.requires_grad_(False)
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairwise = torch.exp(self.differences(x)).view(-1, self.classes, self.classes)
+        return torch.reciprocal(pairwise.sum(dim=-1))
 
 
 _BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
