@@ -54,7 +54,17 @@ def _cnn() -> nn.Module:
     )  # fmt: skip
 
 
-NETS = {"mlp": (_mlp, (5,)), "cnn": (_cnn, (1, 6, 6))}
+def _softmax_ensemble() -> nn.Module:
+    """SISA's mean_softmax aggregate: the ONNX Softmax is imported as PairwiseSoftmax for CROWN."""
+    from uverify.unlearning.sisa import SisaEnsemble
+
+    members = [_mlp(), _mlp()]
+    with torch.no_grad():
+        members[1][4].weight.mul_(-0.5)  # a second member that disagrees with the first
+    return SisaEnsemble(members, "mean_softmax")
+
+
+NETS = {"mlp": (_mlp, (5,)), "cnn": (_cnn, (1, 6, 6)), "softmax_ensemble": (_softmax_ensemble, (5,))}
 
 
 @pytest.fixture(scope="module")
