@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-sisa bench-amnesiac clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -27,6 +27,14 @@ bench: $(STAMP)
 	# torchattacks is a benchmark-only baseline; --no-deps keeps it from pulling another torch
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt torchattacks==3.5.1
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/sisa.py
+	$(BIN)/python bench/amnesiac.py
+
+bench-sisa: $(STAMP)
+	$(BIN)/python bench/sisa.py
+
+bench-amnesiac: $(STAMP)
+	$(BIN)/python bench/amnesiac.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache

@@ -148,7 +148,7 @@ def test_runs_that_are_not_whole_are_refused(sisa_run: Path, tmp_path: Path) -> 
         unlearn_run(tmp_path, ids=np.array([1]))
     run = _copy_run(sisa_run, tmp_path / "half")
     next(iter(sorted((run / "sisa").rglob("slice_002.pt")))).unlink()
-    with pytest.raises(UverifyError, match=r"checkpoint .*slice_002\.pt is missing"):
+    with pytest.raises(UverifyError, match=r"SISA file .*slice_002\.pt is missing"):
         unlearn_run(run, ids=np.array([1]))
     run = _copy_run(sisa_run, tmp_path / "nomodel")
     (run / "model.onnx").unlink()

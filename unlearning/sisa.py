@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from uverify.datasets import Dataset
@@ -171,6 +173,11 @@ class Sisa:
     def checkpoint(run: Path, shard: int, slice_: int) -> Path:
         return run / SISA_DIR / f"shard_{shard:03d}" / f"slice_{slice_ + 1:03d}.pt"
 
+    @staticmethod
+    def weights(run: Path, shard: int) -> Path:
+        """The shard's final weights alone (the last checkpoint also holds optimiser state)."""
+        return run / SISA_DIR / f"shard_{shard:03d}" / "model.safetensors"
+
     def manifest(self, run: Path) -> Manifest:
         manifest = Manifest.load(run / SISA_DIR / MANIFEST_FILE)
         if (manifest.shards, manifest.slices) != (self.cfg.shards, self.cfg.slices):
@@ -183,14 +190,10 @@ class Sisa:
         return manifest
 
     def check_files(self, run: Path) -> None:
-        missing = [
-            self.checkpoint(run, k, r)
-            for k in range(self.cfg.shards)
-            for r in range(self.cfg.slices)
-            if not self.checkpoint(run, k, r).is_file()
-        ]
+        expected = [self.checkpoint(run, k, r) for k in range(self.cfg.shards) for r in range(self.cfg.slices)]
+        missing = [p for p in expected + [self.weights(run, k) for k in range(self.cfg.shards)] if not p.is_file()]
         if missing:
-            raise UverifyError(f"run {run}: SISA checkpoint {missing[0].relative_to(run)} is missing")
+            raise UverifyError(f"run {run}: SISA file {missing[0].relative_to(run)} is missing")
 
     def storage_bytes(self, run: Path) -> int:
         return sum(p.stat().st_size for p in (run / SISA_DIR).rglob("*") if p.is_file())
@@ -219,9 +222,17 @@ class Sisa:
     def load(self, run: Path) -> SisaEnsemble:
         self.manifest(run)
         self.check_files(run)
-        return SisaEnsemble(
-            [self._trainer(k, run, self.cfg.slices - 1).model for k in range(self.cfg.shards)], self.cfg.aggregation
-        )
+        return SisaEnsemble([self._member(run, k) for k in range(self.cfg.shards)], self.cfg.aggregation)
+
+    def _member(self, run: Path, shard: int) -> nn.Module:
+        """Shard `shard`'s final model from its weights file (lighter than the full last checkpoint)."""
+        path = self.weights(run, shard)
+        model = build_model(self.spec.model, self.train.input_shape, self.train.num_classes, seed=0)
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            raise UverifyError(f"SISA weights {path}: not readable ({str(exc).splitlines()[0]})") from None
+        return model.eval()
 
     def unlearn(
         self, run: Path, new_ids: np.ndarray, deleted: np.ndarray, *, progress: bool = True
@@ -290,6 +301,8 @@ class Sisa:
                     time.perf_counter() - started,
                 )
             )  # fmt: skip
+        weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
+        atomic_write(self.weights(run, shard), lambda tmp: save_file(weights, str(tmp)))
         trainer.model.eval()
         return trainer, logs
 
