@@ -267,6 +267,10 @@ def unlearn_run(
             run.path, run.info.method, len(requested), new_ids, True, time.perf_counter() - started, run.model_path
         )
     deleted = np.union1d(already, new_ids)
+    # the first optimiser step of a process imports torch._dynamo (seconds): done here, so that neither
+    # the unlearning nor the retraining timer is charged for it
+    import torch._dynamo  # noqa: F401
+
     the_method = method_for(run.spec, train, run.info.training)
     the_method.check_files(run.path)
     with staged_update(run.path) as staging:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from click.testing import CliRunner
@@ -89,3 +90,54 @@ def test_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> No
 def test_usage_errors_exit_2() -> None:
     assert _invoke("train").exit_code == 2
     assert _invoke("no-such-command").exit_code == 2
+
+
+def test_unlearn_deletes_logs_and_repeats_as_a_no_op(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "run"
+    assert _invoke("train", "--spec", str(write_spec(tiny_spec_dict())), "--out", str(run), "--quiet").exit_code == 0
+    train_ids = load(load_spec(str(run / "spec.json")).data).train.ids
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"# forget these\n{train_ids[0]}\n{train_ids[3]}, {train_ids[9]}\n")
+    result = _invoke("unlearn", "--run", str(run), "--method", "sisa", "--delete", str(ids), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "sisa: deleted 3 of 3 requested ids" in result.output and "retrained: shard" in result.output
+    assert "accuracy forgotten" in result.output and "membership AUC" in result.output
+    again = _invoke("unlearn", "--run", str(run), "--delete", str(ids), "--quiet")
+    assert again.exit_code == 0 and "nothing to do: all 3 requested ids are already deleted" in again.output
+    metrics = tmp_path / "metrics.json"
+    frac = _invoke(
+        "unlearn", "--run", str(run), "--delete-fraction", "0.02", "--seed", "1", "--json", str(metrics), "--quiet"
+    )
+    assert frac.exit_code == 0, frac.output
+    assert json.loads(metrics.read_text())["deletion"] == 2
+    default = _invoke("unlearn", "--run", str(run), "--quiet")  # the spec's request: fraction 0.01, seed 0
+    assert default.exit_code == 0 and "deleted" in default.output
+    assert len(json.loads((run / "deletions.json").read_text())) == 3
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["deleted"] == len(np.load(run / "deleted_ids.npy"))
+
+
+def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "run"
+    assert _invoke("train", "--spec", str(write_spec(tiny_spec_dict())), "--out", str(run), "--quiet").exit_code == 0
+    (tmp_path / "unknown.txt").write_text("100000\n100001\n")
+    (tmp_path / "words.txt").write_text("12\nseven\n")
+    (tmp_path / "empty.txt").write_text("")
+    cases = [
+        (["--run", str(run), "--delete", str(tmp_path / "unknown.txt")], "not in the training set"),
+        (["--run", str(run), "--delete", str(tmp_path / "words.txt")], "line 2: 'seven' is not an integer"),
+        (["--run", str(run), "--delete", str(tmp_path / "empty.txt")], "holds no sample ids"),
+        (["--run", str(run), "--delete", str(tmp_path / "nope.txt")], "no such file"),
+        (["--run", str(tmp_path), "--delete-fraction", "0.1"], "not a uverify run directory"),
+        (["--run", str(run), "--delete-fraction", "0.1", "--delete", str(tmp_path / "empty.txt")], "not both"),
+        (["--run", str(run), "--seed", "3"], "--seed goes with --delete-fraction"),
+        (["--run", str(run), "--delete-fraction", "2"], "must lie in (0, 1)"),
+        (["--run", str(run), "--method", "amnesiac", "--delete-fraction", "0.1"], "trained for sisa"),
+    ]
+    before = sorted(p.name for p in run.iterdir())
+    for args, expected in cases:
+        result = _invoke("unlearn", *args, "--quiet")
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written, nothing lost

@@ -162,3 +162,15 @@ def test_runs_that_are_not_whole_are_refused(sisa_run: Path, tmp_path: Path) -> 
     (run / "sisa" / "manifest.npz").write_bytes(b"not an npz")
     with pytest.raises(UverifyError, match="manifest"):
         unlearn_run(run, ids=np.array([1]))
+
+
+def test_run_files_get_the_usual_mode_not_owner_only(tiny_spec: Spec, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        train_run(tiny_spec, tmp_path / "run", adversarial=False, progress=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "run" / "run.json").stat().st_mode & 0o777 == 0o644

@@ -114,7 +114,13 @@ def render_unlearning(entry: dict[str, Any]) -> str:
         where = ", ".join(f"shard {t['shard']} from slice {t['from_slice']}" for t in touched)
         lines.append(f"retrained: {where}")
     else:
-        lines += [", ".join(f"{k} {_fmt(v)}" for k, v in t.items()) for t in touched]
+        for t in touched:
+            lines.append(
+                f"subtracted {t['batches_subtracted']} of {t['batches_total']} recorded batch updates "
+                f"({t['fraction_of_batches']:.1%}; {t['batches_already_subtracted']} already subtracted), "
+                f"read {_size(t['bytes_read'])} in {t['subtract_seconds']:.3f} s; repair: {t['repair_epochs']} "
+                f"epoch(s) on {t['repair_samples']} samples in {t['repair_seconds']:.2f} s"
+            )
     if metrics.get("speedup_vs_retraining"):
         lines.append(
             f"retraining from scratch took {metrics['seconds']['retrain']:.2f} s: "
@@ -133,8 +139,16 @@ def render_unlearning(entry: dict[str, Any]) -> str:
     ):
         if key in metrics:
             lines.append(f"{label:24}" + "".join(f"{_fmt(metrics[key].get(n)):>12}" for n in names))
-    lines.append(f"storage {metrics['storage_bytes'] / 2**20:.1f} MiB")
+    lines.append(f"storage {_size(metrics['storage_bytes'])}")
     return "\n".join(lines)
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _fmt(value: Any) -> str:
