@@ -169,15 +169,17 @@ def unlearn(
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(out: Path, quiet: bool) -> None:
-    """Train a standard and an adversarial model on the embedded default (mixture), export and check both.
+    """On the embedded default (mixture): train a standard and an adversarial SISA model, check each
+    (CROWN and PGD), delete the spec's request (1% of the training set) and check M' again.
 
     \b
     Example:
       uverify demo --out runs/demo
     """
     from uverify.datasets import load
-    from uverify.pipeline import train_run
+    from uverify.pipeline import train_run, unlearn_run
     from uverify.specs import load_spec
+    from uverify.unlearning.metrics import render_unlearning
     from uverify.verifier.check import check as run_check
     from uverify.verifier.check import samples_from_spec
     from uverify.verifier.report import render_table, save_report
@@ -185,9 +187,11 @@ def demo(out: Path, quiet: bool) -> None:
     started = time.perf_counter()
     spec = load_spec("mixture")
     splits = load(spec.data)
+    sisa = spec.unlearning.sisa
     click.echo(
         f"mixture: {spec.data.classes} classes, {spec.data.dims} dims, "
-        f"{len(splits.train)} train / {len(splits.test)} test samples"
+        f"{len(splits.train)} train / {len(splits.test)} test samples; SISA {sisa.shards} shards x {sisa.slices} "
+        f"slices, {sisa.aggregation}"
     )
     runs = []
     for adversarial in (False, True):
@@ -195,12 +199,24 @@ def demo(out: Path, quiet: bool) -> None:
         runs.append(train_run(spec, out / name, adversarial=adversarial, splits=splits, progress=not quiet))
         click.echo(_describe(spec.name, runs[-1]))
     samples, domain = samples_from_spec(spec)
+    reports = []
+    delete = spec.unlearning.delete
     for run in runs:
-        click.echo(f"\n{run.training} model, {spec.verify.method} bounds and PGD:")
+        click.echo(f"\n{run.training} model M, {spec.verify.method} bounds and PGD:")
         report = run_check(run.model_path, spec, samples, domain, progress=not quiet)
-        save_report(report, run.out / "report.json")
+        save_report(report, run.out / "report_before.json")
         click.echo(render_table(report))
-    click.echo(f"\nreports: {', '.join(str(r.out / 'report.json') for r in runs)}")
+        result = unlearn_run(
+            run.out, ids_file=delete.ids, fraction=delete.fraction, seed=delete.seed, splits=splits, progress=not quiet
+        )
+        if not result.noop:
+            click.echo("\n" + render_unlearning(result.entry))
+        click.echo(f"\n{run.training} model M' (after deletion):")
+        report = run_check(result.model_path, spec, samples, domain, progress=not quiet)
+        save_report(report, run.out / "report_after.json")
+        click.echo(render_table(report))
+        reports += [run.out / "report_before.json", run.out / "report_after.json"]
+    click.echo(f"\nreports: {', '.join(map(str, reports))}")
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of Amnesiac unlearning on the mixture spec, every figure measured side by side in one run.
+"""Benchmark of Amnesiac unlearning on the mixture spec (or loan), every figure measured side by side in one run.
 
 1. Storage: bytes the update store costs per epoch of training, float32 and float16, and the cost of
    recording (training with the store written against the same training without it).
@@ -10,7 +10,8 @@
    M, M' and the retrained model, and the membership-inference AUC of the forgotten samples against
    the test set (loss threshold; the retrained model's AUC is what forgetting looks like).
 
-Run: `.venv/bin/python bench/amnesiac.py` (a few minutes on 2 cores; --training standard to halve it).
+Run: `make bench-amnesiac` or `.venv/bin/python bench/amnesiac.py [--dataset loan] [--training standard]`
+(a few minutes on 2 cores; loan reads a generated Lending Club file of the real format).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from uverify.datasets import Dataset, Splits, load
+from uverify.datasets.fixtures import write_loan_csv
 from uverify.specs import load_spec
 from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.amnesiac import AMNESIAC_DIR, UPDATES_FILE, Amnesiac
@@ -37,10 +39,14 @@ from uverify.unlearning.run import sample_fraction
 FRACTIONS = (0.001, 0.01, 0.05)
 
 
+DATA: dict[str, object] = {}  # the data set's overrides: empty for mixture, the generated file for loan
+
+
 def spec_for(repair_epochs: int = 0, dtype: str = "float32") -> Spec:
     return load_spec(
-        "mixture",
+        str(DATA.get("name", "mixture")),
         {
+            **{k: v for k, v in DATA.items() if k != "name"},
             "unlearning.method": "amnesiac",
             "unlearning.amnesiac.repair_epochs": repair_epochs,
             "unlearning.amnesiac.dtype": dtype,
@@ -159,17 +165,27 @@ def main() -> None:
         default=1,
         help="torch threads (1: small models gain nothing from more, and timings stay stable)",
     )
+    parser.add_argument("--dataset", choices=["mixture", "loan"], default="mixture")
+    parser.add_argument("--loan-rows", type=int, default=30_000, help="rows of the generated Lending Club file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.dataset == "loan":  # a generated file in the real 151-column format
+            csv = Path(tmp) / "accepted_2007_to_2018Q4.csv"
+            write_loan_csv(csv, args.loan_rows, seed=0)
+            DATA.update({"name": "loan", "data.path": str(csv), "data.subsample": None})
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
     spec = spec_for()
     splits = load(spec.data)
     print(
         f"Amnesiac on {spec.name}: {len(splits.train)} train / {len(splits.test)} test samples, "
         f"{spec.model.arch} {spec.model.model_dump().get('hidden')}, torch threads {torch.get_num_threads()}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        for training in args.training:
-            bench(training, splits, args.repeats, Path(tmp))
+    for training in args.training:
+        bench(training, splits, args.repeats, workdir)
 
 
 if __name__ == "__main__":

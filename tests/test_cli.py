@@ -77,6 +77,10 @@ def test_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> No
         (["--spec", str(write_spec(tiny_spec_dict(property={"epsilon": -1}), "c.yaml"))], "property.epsilon[0]"),
         (["--spec", "loan", "--data", str(tmp_path / "nowhere.csv")], "accepted_2007_to_2018Q4.csv"),
         (["--spec", str(write_spec(tiny_spec_dict(model={"arch": "cnn"}), "d.yaml"))], "needs image input"),
+        (
+            ["--spec", str(write_spec(tiny_spec_dict(unlearning={"sisa": {"shards": 200, "slices": 2}}), "e.yaml"))],
+            "200 shards x 2 slices need at least 400 training samples; the training set has 240",
+        ),
     ]
     for args, expected in cases:
         result = _invoke("train", *args, "--out", str(tmp_path / "out"), "--quiet")
