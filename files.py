@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from uverify.errors import UverifyError
 
 
@@ -124,3 +126,26 @@ def staged_update(folder: str | os.PathLike[str]) -> Iterator[Path]:
             except OSError:  # a file system without hard links: copy
                 shutil.copy2(path, target)
         yield staging
+
+
+def atomic_write_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
+def read_int_vector(path: str | os.PathLike[str], name: str) -> np.ndarray:
+    """A 1-d integer .npy file as int64 (empty when the file does not exist); `name` says what it is
+    in the one-line error a damaged file gives."""
+    file = Path(path)
+    if not file.is_file():
+        return np.zeros(0, np.int64)
+    try:
+        values = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise UverifyError(f"{name} is not readable") from None
+    if not isinstance(values, np.ndarray) or values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise UverifyError(f"{name} must be a 1-d integer array")
+    return values.astype(np.int64)

@@ -26,7 +26,7 @@ from torch import nn
 from uverify import __version__
 from uverify.datasets import Dataset, Splits, load
 from uverify.errors import ExportError, UverifyError
-from uverify.files import atomic_write, atomic_write_json, staged_dir, staged_update
+from uverify.files import atomic_write_json, atomic_write_npy, staged_dir, staged_update
 from uverify.models import export_onnx
 from uverify.specs.schema import Spec, spec_sha256
 from uverify.unlearning.metrics import accuracy_on, unlearning_metrics
@@ -313,11 +313,7 @@ def unlearn_run(
 
 
 def _write_deletion(staging: Path, run: Run, deleted: np.ndarray, entry: dict[str, Any]) -> None:
-    def write_ids(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, deleted.astype(np.int64), allow_pickle=False)
-
-    atomic_write(staging / DELETED_FILE, write_ids)
+    atomic_write_npy(staging / DELETED_FILE, deleted.astype(np.int64))
     atomic_write_json(staging / LOG_FILE, [*run.log(), entry])
     atomic_write_json(staging / "unlearn.json", entry["metrics"] | {"deletion": entry["number"]})
     info = run.info.model_copy(update={"deleted": len(deleted), "model": entry["export"]["file"]})

@@ -174,3 +174,13 @@ def test_run_files_get_the_usual_mode_not_owner_only(tiny_spec: Spec, tmp_path: 
         os.umask(old)
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "run" / "run.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_damaged_deletion_record_is_one_line(sisa_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(sisa_run, tmp_path / "run")
+    (run / "deleted_ids.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(UverifyError, match=r"deleted_ids\.npy is not readable"):
+        unlearn_run(run, ids=np.array([1]))
+    np.save(run / "deleted_ids.npy", np.zeros((2, 2), np.int64))
+    with pytest.raises(UverifyError, match=r"deleted_ids\.npy must be a 1-d integer array"):
+        unlearn_run(run, ids=np.array([1]))

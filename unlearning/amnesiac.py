@@ -57,7 +57,7 @@ from torch.nn.utils import parameters_to_vector
 
 from uverify.datasets import Dataset
 from uverify.errors import ModelError, UverifyError
-from uverify.files import atomic_write, atomic_write_json, sha256_file
+from uverify.files import atomic_write, atomic_write_json, atomic_write_npy, read_int_vector, sha256_file
 from uverify.models import build_model
 from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.retrain import retrain, trainer_for
@@ -285,16 +285,11 @@ class Amnesiac:
         return Store(folder, updates, ids.astype(np.int64), offsets.astype(np.int64), epoch.astype(np.int32), info)
 
     def _subtracted(self, run: Path, store: Store) -> np.ndarray:
-        path = run / AMNESIAC_DIR / SUBTRACTED_FILE
-        if not path.is_file():
-            return np.zeros(0, np.int64)
-        try:
-            done = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            raise UverifyError(f"run {run}: {AMNESIAC_DIR}/{SUBTRACTED_FILE} is not readable") from None
-        if done.ndim != 1 or not np.issubdtype(done.dtype, np.integer) or np.any((done < 0) | (done >= store.batches)):
-            raise UverifyError(f"run {run}: {AMNESIAC_DIR}/{SUBTRACTED_FILE} must list batch indices of the store")
-        return np.unique(done.astype(np.int64))
+        name = f"run {run}: {AMNESIAC_DIR}/{SUBTRACTED_FILE}"
+        done = read_int_vector(run / AMNESIAC_DIR / SUBTRACTED_FILE, name)
+        if np.any((done < 0) | (done >= store.batches)):
+            raise UverifyError(f"{name} must list batch indices of the store")
+        return np.unique(done)
 
     # --------------------------------------------------------------------------------- training
     def fit(self, run: Path, *, progress: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -405,12 +400,7 @@ class Amnesiac:
 
         self._save_weights(run, model)
         subtracted = np.union1d(done, fresh).astype(np.int64)
-
-        def write_subtracted(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, subtracted, allow_pickle=False)
-
-        atomic_write(run / AMNESIAC_DIR / SUBTRACTED_FILE, write_subtracted)
+        atomic_write_npy(run / AMNESIAC_DIR / SUBTRACTED_FILE, subtracted)
         touched = {
             "batches_subtracted": len(fresh),
             "batches_already_subtracted": len(holding) - len(fresh),

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from uverify.errors import UverifyError
+from uverify.files import read_int_vector
 from uverify.specs.schema import Spec
 
 RUN_FILE = "run.json"
@@ -106,16 +107,7 @@ def open_run(path: str | Path) -> Run:
 
 
 def read_deleted_ids(folder: Path) -> np.ndarray:
-    file = folder / DELETED_FILE
-    if not file.is_file():
-        return np.zeros(0, np.int64)
-    try:
-        ids = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        raise UverifyError(f"run {folder}: {DELETED_FILE} is not readable") from None
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise UverifyError(f"run {folder}: {DELETED_FILE} must be a 1-d integer array")
-    return np.asarray(ids, np.int64)
+    return read_int_vector(folder / DELETED_FILE, f"run {folder}: {DELETED_FILE}")
 
 
 # ----------------------------------------------------------------------------------- deletion requests

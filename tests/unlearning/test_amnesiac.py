@@ -294,16 +294,16 @@ def test_a_failure_half_way_leaves_the_run_untouched(
 
         monkeypatch.setattr("uverify.pipeline._export", broken_export)
     else:
-        from uverify.unlearning import amnesiac
+        from uverify import files
 
-        real = amnesiac.atomic_write
+        real = files.atomic_write
 
         def failing(path: Any, write: Any) -> Path:
             if Path(path).name == SUBTRACTED_FILE:  # weights.safetensors has been replaced by now
                 raise UverifyError("simulated crash")
             return real(path, write)
 
-        monkeypatch.setattr(amnesiac, "atomic_write", failing)
+        monkeypatch.setattr(files, "atomic_write", failing)
     with pytest.raises(UverifyError, match="simulated"):
         unlearn_run(run_dir, ids=splits.train.ids[5:9], splits=splits, progress=False)
     assert snapshot(run_dir) == before
