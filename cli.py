@@ -5,7 +5,6 @@ Heavy imports (torch, onnx) happen inside the commands so that `uverify --help` 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -169,55 +168,28 @@ def unlearn(
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(out: Path, quiet: bool) -> None:
-    """On the embedded default (mixture): train a standard and an adversarial SISA model, check each
-    (CROWN and PGD), delete the spec's request (1% of the training set) and check M' again.
+    """The study on the embedded default (mixture): SISA and Amnesiac, standard and adversarial
+    training, each checked before and after deleting 1% of the training set; ends with the RQ1-RQ4
+    tables and the paths of the plots. The same as `uverify study --spec mixture --out runs/demo`.
 
     \b
     Example:
       uverify demo --out runs/demo
     """
-    from uverify.datasets import load
-    from uverify.pipeline import train_run, unlearn_run
     from uverify.specs import load_spec
-    from uverify.unlearning.metrics import render_unlearning
-    from uverify.verifier.check import check as run_check
-    from uverify.verifier.check import samples_from_spec
-    from uverify.verifier.report import render_table, save_report
+    from uverify.study import render_study_summary
+    from uverify.study import study as run_study
 
-    started = time.perf_counter()
     spec = load_spec("mixture")
-    splits = load(spec.data)
     sisa = spec.unlearning.sisa
     click.echo(
-        f"mixture: {spec.data.classes} classes, {spec.data.dims} dims, "
-        f"{len(splits.train)} train / {len(splits.test)} test samples; SISA {sisa.shards} shards x {sisa.slices} "
-        f"slices, {sisa.aggregation}"
+        f"mixture: {spec.data.classes} classes, {spec.data.dims} dims, {spec.data.n_samples} samples; "
+        f"SISA {sisa.shards} shards x {sisa.slices} slices ({sisa.aggregation}), Amnesiac "
+        f"{spec.unlearning.amnesiac.repair_epochs} repair epoch(s); {spec.verify.method} bounds and PGD"
     )
-    runs = []
-    for adversarial in (False, True):
-        name = "adversarial" if adversarial else "standard"
-        runs.append(train_run(spec, out / name, adversarial=adversarial, splits=splits, progress=not quiet))
-        click.echo(_describe(spec.name, runs[-1]))
-    samples, domain = samples_from_spec(spec)
-    reports = []
-    delete = spec.unlearning.delete
-    for run in runs:
-        click.echo(f"\n{run.training} model M, {spec.verify.method} bounds and PGD:")
-        report = run_check(run.model_path, spec, samples, domain, progress=not quiet)
-        save_report(report, run.out / "report_before.json")
-        click.echo(render_table(report))
-        result = unlearn_run(
-            run.out, ids_file=delete.ids, fraction=delete.fraction, seed=delete.seed, splits=splits, progress=not quiet
-        )
-        if not result.noop:
-            click.echo("\n" + render_unlearning(result.entry))
-        click.echo(f"\n{run.training} model M' (after deletion):")
-        report = run_check(result.model_path, spec, samples, domain, progress=not quiet)
-        save_report(report, run.out / "report_after.json")
-        click.echo(render_table(report))
-        reports += [run.out / "report_before.json", run.out / "report_after.json"]
-    click.echo(f"\nreports: {', '.join(map(str, reports))}")
-    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+    result = run_study(spec, out, progress=not quiet, echo=click.echo)
+    click.echo(render_study_summary(result, spec))
+    click.echo(f"demo finished in {result.seconds:.1f} s")
 
 
 @cli.command()
@@ -299,6 +271,119 @@ def check(
     if out:
         save_report(report, out)
         click.echo(f"report: {out}  counterexamples: {counterexamples}")
+
+
+@cli.command()
+@_spec_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Study directory.")
+@click.option(
+    "--method", "methods", type=_METHODS, multiple=True, help="Limit the grid to these methods. Default: both."
+)
+@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def study(spec_ref: str, out: Path, methods: tuple[str, ...], data_path: Path | None, quiet: bool) -> None:
+    """The seed's study: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
+
+    Trains, checks M, unlearns the spec's deletion request, checks M', then writes the RQ1-RQ4 tables
+    (PGD and certified R-ACC; tables.md, tables.json) and plots (plots/*.png). A rerun reuses the
+    finished steps.
+
+    \b
+    Example:
+      uverify study --spec specs/mixture.yaml --out runs/study
+    """
+    from uverify.specs import load_spec
+    from uverify.study import METHODS, render_study_summary
+    from uverify.study import study as run_study
+
+    spec = load_spec(spec_ref, {"data.path": str(data_path)} if data_path else None)
+    result = run_study(spec, out, methods=methods or METHODS, progress=not quiet, echo=click.echo)
+    click.echo(render_study_summary(result, spec))
+    click.echo(f"study finished in {result.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("before", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("after", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+def compare(before: Path, after: Path, fmt: str) -> None:
+    """Compare two check reports (M before deletion, M' after): per epsilon ACC, certified and PGD
+    robust accuracy and Gap with deltas, and the samples that lost or gained certification or robustness.
+
+    \b
+    Example:
+      uverify compare runs/x/report_before.json runs/x/report_after.json --format markdown
+    """
+    from uverify.verifier.compare import compare as run_compare
+    from uverify.verifier.compare import render_comparison
+    from uverify.verifier.report import load_report
+
+    comparison = run_compare(load_report(before), load_report(after), str(before), str(after))
+    click.echo(render_comparison(comparison, fmt))
+
+
+@cli.command()
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report of M.")
+@click.option("--candidate", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report of M'.")
+@click.option(
+    "--metric",
+    type=click.Choice(["certified_accuracy", "pgd_accuracy", "clean_accuracy"]),
+    help="Default: the spec's gate.metric.",
+)
+@click.option("--max-drop", type=float, help="Largest allowed drop, a fraction. Default: the spec's gate.max_drop.")
+@click.option(
+    "--spec",
+    "spec_ref",
+    metavar="SPEC",
+    help="Take the gate defaults from this spec instead of the one the baseline report embeds.",
+)
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here.")
+def gate(
+    baseline: Path,
+    candidate: Path,
+    metric: str | None,
+    max_drop: float | None,
+    spec_ref: str | None,
+    junit: Path | None,
+) -> None:
+    """Fail (exit code 1) when the candidate's robustness dropped by more than allowed at any epsilon.
+
+    Exit codes: 0 pass, 1 regression, 2 bad input. Defaults come from the spec's `gate:` section.
+
+    \b
+    Example:
+      uverify gate --baseline before.json --candidate after.json --metric certified_accuracy --max-drop 0.02
+    """
+    from uverify.files import ensure_writable_dir
+    from uverify.specs.schema import GateSpec
+    from uverify.verifier.compare import gate as run_gate
+    from uverify.verifier.compare import write_junit
+    from uverify.verifier.report import load_report
+
+    base, cand = load_report(baseline), load_report(candidate)
+    if spec_ref is not None:
+        from uverify.specs import load_spec
+
+        defaults = load_spec(spec_ref).gate
+    else:
+        try:
+            defaults = GateSpec.model_validate(base.spec.get("gate", {}))
+        except ValueError:
+            raise UverifyError(f"report {baseline}: its spec's gate section is not valid") from None
+    if junit:
+        ensure_writable_dir(junit.parent)
+    result = run_gate(
+        base,
+        cand,
+        metric or defaults.metric,
+        defaults.max_drop if max_drop is None else max_drop,
+    )
+    click.echo(result.summary())
+    if junit:
+        write_junit(result, junit, str(baseline), str(candidate))
+        click.echo(f"junit: {junit}")
+    if not result.passed:
+        raise SystemExit(ExitStatus.GATE_FAILED)
 
 
 def _describe(name: str, run: Any) -> str:
