@@ -145,3 +145,34 @@ def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Pat
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written, nothing lost
+
+
+def test_the_ci_example_runs_as_written(write_spec, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every `uverify` line of examples/github-actions/uverify.yml, in order, on a tiny spec."""
+    import os
+    import shlex
+
+    import yaml
+
+    workflow = yaml.safe_load((Path(__file__).parents[1] / "examples/github-actions/uverify.yml").read_text())
+    steps = workflow["jobs"]["robustness-after-deletion"]["steps"]
+    lines = [
+        line.strip()
+        for step in steps
+        for line in str(step.get("run", "")).splitlines()
+        if line.strip().startswith(".venv/bin/uverify") and "github.event.inputs" not in line
+    ]
+    assert [shlex.split(line)[1] for line in lines] == ["train", "check", "unlearn", "check", "compare", "gate"]
+    monkeypatch.chdir(tmp_path)
+    env = {"SPEC": str(write_spec(tiny_spec_dict())), "RUN": "runs/ci", "MODEL": "runs/ci/model.onnx"}
+    (tmp_path / "reports").mkdir()
+    codes = []
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for line in lines:
+        args = [os.path.expandvars(a) for a in shlex.split(line.split(">>")[0])[1:]]
+        result = _invoke(*args)
+        codes.append(result.exit_code)
+        assert result.exit_code in (0, 1), (line, result.output)
+    assert codes[:5] == [0, 0, 0, 0, 0]
+    assert (tmp_path / "reports" / "gate.xml").is_file() and (tmp_path / "reports" / "unlearning.json").is_file()
