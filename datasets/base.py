@@ -122,6 +122,10 @@ _LOADERS: dict[str, str] = {
     "mixture": "uverify.datasets.mixture",
     "digits": "uverify.datasets.digits",
     "loan": "uverify.datasets.loan",
+    "svhn": "uverify.datasets.svhn",
+    "ham10000": "uverify.datasets.ham10000",
+    "tweets": "uverify.datasets.tweets",
+    "mini_imagenet": "uverify.datasets.mini_imagenet",
 }
 
 

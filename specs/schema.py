@@ -66,13 +66,11 @@ class DigitsData(_DataBase):
     dataset: Literal["digits"]
 
 
-class LoanData(_DataBase):
-    """Lending Club's accepted_2007_to_2018Q4.csv (151 columns)."""
+class _FileData(_DataBase):
+    """A data set the user brings: `path` names its file or folder (never downloaded)."""
 
-    dataset: Literal["loan"]
-    path: Path = Field(description="the csv file, or a folder holding accepted_2007_to_2018Q4.csv")
-    subsample: PositiveInt | None = Field(None, description="keep this many labelled loans (seeded)")
-    clip: PositiveFloat = Field(5.0, description="standardised numerics are clipped to [-clip, clip]")
+    path: Path = Field(description="the data file, or the folder that holds it")
+    subsample: PositiveInt | None = Field(None, description="keep this many labelled samples (seeded)")
 
     @field_validator("path", mode="before")
     @classmethod
@@ -80,7 +78,53 @@ class LoanData(_DataBase):
         return Path(value).expanduser() if isinstance(value, str) else value
 
 
-DataSpec = Annotated[MixtureData | DigitsData | LoanData, Field(discriminator="dataset")]
+class LoanData(_FileData):
+    """Lending Club: the full accepted_2007_to_2018Q4.csv (151 columns), or the 22-column `lending_club`
+    table of the modeldata / Rdatasets collections (recognised by its header)."""
+
+    dataset: Literal["loan"]
+    path: Path = Field(description="the csv file, or a folder holding accepted_2007_to_2018Q4.csv")
+    clip: PositiveFloat = Field(5.0, description="standardised numerics are clipped to [-clip, clip]")
+    cache: bool = Field(True, description="parse the csv once; later loads read a cache keyed by the file's hash")
+
+
+class SvhnData(_FileData):
+    """SVHN's cropped digits: train_32x32.mat and test_32x32.mat (their own split; test_fraction unused)."""
+
+    dataset: Literal["svhn"]
+    path: Path = Field(description="the folder holding train_32x32.mat and test_32x32.mat")
+
+
+class Ham10000Data(_FileData):
+    """HAM10000: HAM10000_metadata.csv and the ISIC_*.jpg images, split by lesion_id."""
+
+    dataset: Literal["ham10000"]
+    path: Path = Field(description="the folder holding HAM10000_metadata.csv and the image folder(s)")
+    image_size: PositiveInt = Field(32, description="images are resized to image_size x image_size")
+
+
+class TweetsData(_FileData):
+    """Disaster Tweets: tweets.csv (id, keyword, location, text, target) as TF-IDF or bag-of-words vectors."""
+
+    dataset: Literal["tweets"]
+    path: Path = Field(description="tweets.csv, or the folder holding it")
+    vocabulary: PositiveInt = Field(1000, description="the most frequent training words kept as features")
+    features: Literal["tfidf", "bow"] = "tfidf"
+
+
+class MiniImagenetData(_FileData):
+    """Mini-ImageNet: a csv of filename,label over an image folder, or one folder per class."""
+
+    dataset: Literal["mini_imagenet"]
+    path: Path = Field(description="the folder holding the images (and the csv, if that is the layout)")
+    image_size: PositiveInt = Field(32, description="images are resized to image_size x image_size")
+    classes: PositiveInt | None = Field(None, description="keep the first N classes (sorted by name)")
+
+
+DataSpec = Annotated[
+    MixtureData | DigitsData | LoanData | SvhnData | Ham10000Data | TweetsData | MiniImagenetData,
+    Field(discriminator="dataset"),
+]
 
 
 # --------------------------------------------------------------------------------------------- model
