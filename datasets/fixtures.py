@@ -316,3 +316,72 @@ def write_loan_csv(
             out.write(block)
         out.write(text(summary))
     return target
+
+
+STATES = ("CA", "TX", "NY", "FL", "IL", "NJ", "PA", "OH", "GA", "VA", "NC", "MI", "WA", "AZ", "MA")
+RDATASETS_EMP = ("emp_lt_1", *(f"emp_{k}" for k in range(1, 10)), "emp_ge_10", "emp_unk")
+
+
+def write_lending_club_rdatasets_csv(path: str | Path, n_rows: int, seed: int = 0, *, rownames: bool = True) -> Path:
+    """Write `n_rows` synthetic loans as Rdatasets writes modeldata's `lending_club` (a quoted
+    "rownames" column first, then the 22 predictors and Class "good"/"bad", NA for missing).
+
+    "bad" grows with the sub-grade, the interest rate and recent inquiries, so a model can learn it."""
+    from uverify.datasets.loan import RDATASETS_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    grade = rng.integers(0, 7, n_rows)
+    sub = rng.integers(1, 6, n_rows)
+    int_rate = np.round(5.3 + 3.2 * grade + 0.6 * sub + rng.normal(0, 0.8, n_rows), 2)
+    inq = rng.poisson(0.4 + 0.25 * grade)
+    risk = -3.2 + 0.45 * grade + 0.12 * sub + 0.5 * inq + rng.normal(0, 0.6, n_rows)
+    bad = rng.random(n_rows) < 1 / (1 + np.exp(-risk))
+    income = np.round(rng.lognormal(11.0, 0.5, n_rows), -2)
+    util = np.round(rng.uniform(0, 100, n_rows), 1)
+    all_util = rng.integers(0, 120, n_rows).astype(float)
+    all_util[rng.random(n_rows) < 0.05] = np.nan  # NA in the real table too
+    columns: dict[str, np.ndarray] = {
+        "funded_amnt": rng.integers(10, 400, n_rows) * 100,
+        "term": np.where(rng.random(n_rows) < 0.7, "term_36", "term_60"),
+        "int_rate": int_rate,
+        "annual_inc": income,
+        "emp_length": np.asarray(RDATASETS_EMP)[rng.integers(0, len(RDATASETS_EMP), n_rows)],
+        "delinq_2yrs": rng.poisson(0.3, n_rows),
+        "inq_last_6mths": inq,
+        "revol_util": util,
+        "acc_now_delinq": rng.poisson(0.01, n_rows),
+        "open_il_6m": rng.poisson(1.0, n_rows),
+        "open_il_12m": rng.poisson(0.8, n_rows),
+        "open_il_24m": rng.poisson(1.5, n_rows),
+        "total_bal_il": rng.integers(0, 80_000, n_rows),
+        "all_util": all_util,
+        "inq_fi": rng.poisson(1.0, n_rows),
+        "inq_last_12m": rng.poisson(2.0, n_rows),
+        "delinq_amnt": np.where(rng.random(n_rows) < 0.01, rng.integers(1, 5000, n_rows), 0),
+        "num_il_tl": rng.poisson(8, n_rows),
+        "total_il_high_credit_limit": rng.integers(0, 100_000, n_rows),
+        "sub_grade": np.array([f"{'ABCDEFG'[g]}{s}" for g, s in zip(grade, sub, strict=True)]),
+        "addr_state": np.asarray(STATES)[rng.integers(0, len(STATES), n_rows)],
+        "verification_status": np.asarray(("Not_Verified", "Source_Verified", "Verified"))[rng.integers(0, 3, n_rows)],
+        "Class": np.where(bad, "bad", "good"),
+    }
+    header = (["rownames"] if rownames else []) + list(RDATASETS_COLUMNS)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+    writer.writerow(header)
+    for i in range(n_rows):
+        row: list[object] = [i + 1] if rownames else []
+        for column in RDATASETS_COLUMNS:
+            value = columns[column][i]
+            if isinstance(value, float | np.floating) and np.isnan(value):
+                row.append("NA")
+            elif isinstance(value, np.integer | np.floating):
+                row.append(value.item())
+            else:
+                row.append(str(value))
+        writer.writerow(row)
+    # R writes strings quoted and NA bare
+    target.write_text(buffer.getvalue().replace(',"NA"', ",NA"), encoding="utf-8")
+    return target

@@ -21,6 +21,15 @@ zip_code), funding by investors, joint-application and second-applicant columns,
 aggregates Lending Club added only from 2012 on are left out too: they are missing for early loans or
 are not signal. issue_d is used only to measure the credit history (months from earliest_cr_line).
 
+The smaller `lending_club` table of the R package modeldata (also in the Rdatasets collection: 9,857
+loans of 2016 Q1, 22 predictors and `Class` "good"/"bad", usually with a leading `rownames` column) is
+recognised by its header and read through the same preprocessing; "bad" (charged off, defaulted or
+21-120 days late) is class 1. Its ids are the `rownames` column when present.
+
+The parsed table (before any split or fitting) is cached as an .npz named by the file's sha256, in
+$UVERIFY_CACHE_DIR (default ~/.cache/uverify/loan): the 2.26M-row file is parsed once, and later loads
+with any subsample, split or clip read the cache (`data.cache: false` turns it off).
+
 Preprocessing is fitted on the TRAIN rows only: numerics are imputed with the train median, then
 standardised and clipped to [-clip, clip] (where missing means "never happened", a 0/1 indicator
 feature keeps that fact); categoricals are one-hot with the categories seen in train
@@ -31,10 +40,15 @@ against the file stays valid under any subsample or split.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
+import os
 import re
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +57,8 @@ import pandas as pd
 
 from uverify.datasets.base import Dataset, Domain, Splits, stratified_split
 from uverify.datasets.preprocess import StandardScaler
-from uverify.errors import DataError
+from uverify.errors import DataError, UverifyError
+from uverify.files import atomic_write, sha256_file
 
 FILE_NAME = "accepted_2007_to_2018Q4.csv"
 SOURCE = "Lending Club's accepted-loans data, e.g. the Kaggle data set 'wordsforthewise/lending-club'"
@@ -58,6 +73,7 @@ TARGET: dict[str, int] = {
     "Does not meet the credit policy. Status:Charged Off": 1,
 }
 PREAMBLE_PREFIX = "Notes offered by Prospectus"
+RDATASETS_FILE = "lending_club.csv"
 CHUNK_ROWS = 200_000  # the file is read in chunks so its 2.26M rows of strings never sit in memory
 
 # Numeric features known at origination, each with how its string is parsed.
@@ -205,13 +221,14 @@ def resolve_path(path: Path) -> Path:
         return path.with_name(path.name + ".gz")
     where = f"in the folder {path}" if path.is_dir() else f"at {path}"
     raise DataError(
-        f"Lending Club data not found: no {FILE_NAME} (or {FILE_NAME}.gz) {where}; it is "
-        f"{SOURCE}, and it is not downloaded automatically: download it and point data.path at it"
+        f"Lending Club data not found: no {FILE_NAME} (or {FILE_NAME}.gz, or {RDATASETS_FILE}) {where}; it is "
+        f"{SOURCE} (or {RDATASETS_SOURCE}), and it is not downloaded automatically: download it and point "
+        "data.path at it"
     )
 
 
 def _find_in(folder: Path) -> Path | None:
-    names = (FILE_NAME, FILE_NAME + ".gz")
+    names = (FILE_NAME, FILE_NAME + ".gz", RDATASETS_FILE)
     for name in names:
         if (folder / name).is_file():
             return folder / name
@@ -375,9 +392,30 @@ def _guarded(path: Path, chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFram
         yield chunk
 
 
-def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, _Codes]]:
-    """The labelled rows of the file: ids, y, raw numeric features (float64, NaN = missing) and
-    categorical codes, parsed chunk by chunk."""
+@dataclass(frozen=True)
+class Parsed:
+    """The labelled rows of a file, parsed but not fitted: what the cache holds.
+
+    Numerics are float64 with NaN for missing; each categorical is int32 codes (-1 missing) into its
+    vocabulary, in order of first appearance. Splitting and fitting happen after, per spec."""
+
+    source: str  # "accepted" (the 151-column export) or "rdatasets" (modeldata's lending_club table)
+    ids: np.ndarray
+    y: np.ndarray
+    raw: np.ndarray
+    numeric: tuple[str, ...]
+    codes: dict[str, np.ndarray]
+    vocab: dict[str, np.ndarray]
+    missing_means_never: tuple[str, ...]
+    class_names: tuple[str, ...]
+    target: dict[str, Any]
+    ids_are: str
+    derived: dict[str, str]
+
+
+def read_labelled(path: Path) -> Parsed:
+    """The labelled rows of the 151-column file: ids, y, raw numeric features (float64, NaN = missing)
+    and categorical codes, parsed chunk by chunk."""
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (expected {FILE_NAME}, {SOURCE})")
     try:
@@ -410,7 +448,20 @@ def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[
         raise DataError(
             f"{path}: no labelled loans among its {rows} data rows (loan_status must be one of {', '.join(TARGET)})"
         )
-    return np.concatenate(ids), np.concatenate(ys), np.concatenate(nums), cats
+    return Parsed(
+        "accepted",
+        np.concatenate(ids),
+        np.concatenate(ys),
+        np.concatenate(nums),
+        NUMERIC_FEATURES,
+        {c: cats[c].codes() for c in CATEGORICAL},
+        {c: cats[c].names().astype(str) for c in CATEGORICAL},
+        MISSING_MEANS_NEVER,
+        tuple(CLASS_NAMES),
+        {"column": TARGET_COLUMN, "mapping": dict(TARGET), "other_statuses": "dropped"},
+        "0-based data-row number in the file",
+        {CREDIT_HISTORY: "months from earliest_cr_line to issue_d"},
+    )
 
 
 # ------------------------------------------------------------------------------------------- fitting
@@ -427,8 +478,9 @@ def _medians(raw: np.ndarray) -> np.ndarray:
 def load(spec: Any) -> Splits:
     """Train/test splits of the labelled loans in `spec.path`, preprocessed as the module says."""
     path = resolve_path(spec.path)
-    ids, y, raw, cats = read_labelled(path)
-    codes = {c: cats[c].codes() for c in CATEGORICAL}
+    parsed = read_cached(path) if getattr(spec, "cache", True) else parse(path)
+    ids, y, raw, codes = parsed.ids, parsed.y, parsed.raw, parsed.codes
+    categorical = tuple(parsed.codes)
 
     if spec.subsample is not None and spec.subsample < len(ids):
         rng = np.random.default_rng(spec.seed)
@@ -440,15 +492,15 @@ def load(spec: Any) -> Splits:
     except ValueError as err:
         raise DataError(f"{path}: cannot split {len(ids)} labelled loans into train and test ({err})") from None
 
-    never = np.isnan(raw[:, [NUMERIC_FEATURES.index(c) for c in MISSING_MEANS_NEVER]]).astype(np.float32)
+    never = np.isnan(raw[:, [parsed.numeric.index(c) for c in parsed.missing_means_never]]).astype(np.float32)
     medians = _medians(raw[train_idx])
     raw = np.where(np.isnan(raw), medians, raw)  # imputed
     scaler = StandardScaler.fit(raw[train_idx], spec.clip)
-    names = list(NUMERIC_FEATURES)
+    names = list(parsed.numeric)
     positions: dict[str, np.ndarray] = {}  # per column: vocabulary code -> one-hot slot (-1: none)
     categories: dict[str, list[str]] = {}
-    for column in CATEGORICAL:
-        vocab = cats[column].names()
+    for column in categorical:
+        vocab = parsed.vocab[column]
         train_codes = np.unique(codes[column][train_idx])
         train_codes = train_codes[train_codes >= 0]
         order = np.argsort(vocab[train_codes].astype(str), kind="stable")
@@ -457,14 +509,15 @@ def load(spec: Any) -> Splits:
         position[train_codes[order]] = np.arange(len(train_codes))
         positions[column] = position
         names += [f"{column}={v}" for v in categories[column]]
-    names += [f"{column}=missing" for column in MISSING_MEANS_NEVER]
+    names += [f"{column}=missing" for column in parsed.missing_means_never]
+    n_num = len(parsed.numeric)
 
     def features(idx: np.ndarray) -> np.ndarray:
         """X for the rows idx, built per split so the full matrix never exists twice."""
         X = np.zeros((len(idx), len(names)), dtype=np.float32)
-        X[:, : len(NUMERIC_FEATURES)] = scaler.transform(raw[idx])
-        offset = len(NUMERIC_FEATURES)
-        for column in CATEGORICAL:
+        X[:, :n_num] = scaler.transform(raw[idx])
+        offset = n_num
+        for column in categorical:
             slot = positions[column][codes[column][idx]]  # unseen in train or missing -> -1
             rows = np.flatnonzero(slot >= 0)
             X[rows, offset + slot[rows]] = 1.0
@@ -472,39 +525,210 @@ def load(spec: Any) -> Splits:
         X[:, offset:] = never[idx]
         return X
 
-    n_num = len(NUMERIC_FEATURES)
     lower = np.zeros(len(names), dtype=np.float32)
     upper = np.ones(len(names), dtype=np.float32)
     lower[:n_num], upper[:n_num] = -spec.clip, spec.clip
     domain = Domain(lower, upper)
     prep: dict[str, Any] = {
         "kind": "loan",
+        "source": parsed.source,
         "features": names,
         "numeric": {
-            "columns": list(NUMERIC_FEATURES),
+            "columns": list(parsed.numeric),
             "medians": medians.tolist(),
-            "missing_indicators": list(MISSING_MEANS_NEVER),
+            "missing_indicators": list(parsed.missing_means_never),
             "scaler": scaler.to_json(),
-            "derived": {CREDIT_HISTORY: "months from earliest_cr_line to issue_d"},
+            "derived": parsed.derived,
         },
         "categorical": {
-            "columns": list(CATEGORICAL),
+            "columns": list(categorical),
             "categories": categories,
             "unknown": "all zeros",
         },
         "clip": float(spec.clip),
-        "target": {
-            "column": TARGET_COLUMN,
-            "mapping": dict(TARGET),
-            "class_names": list(CLASS_NAMES),
-            "other_statuses": "dropped",
-        },
-        "ids": "0-based data-row number in the file",
+        "target": parsed.target | {"class_names": list(parsed.class_names)},
+        "ids": parsed.ids_are,
         "subsample": spec.subsample,
         "seed": spec.seed,
     }
 
     def part(idx: np.ndarray) -> Dataset:
-        return Dataset("loan", ids[idx], features(idx), y[idx], list(CLASS_NAMES), domain, prep)
+        return Dataset("loan", ids[idx], features(idx), y[idx], list(parsed.class_names), domain, prep)
 
     return Splits(part(train_idx), part(test_idx))
+
+
+# ------------------------------------------------------------------------------- the Rdatasets table
+# modeldata's (and Rdatasets') `lending_club`: 9,857 loans from 2016 Q1, 22 predictors and `Class`.
+RDATASETS_TARGET = "Class"
+RDATASETS_MAPPING = {"good": 0, "bad": 1}
+RDATASETS_CLASSES = ("good", "bad")  # good: paid back or on time; bad: charged off, defaulted or 21-120 days late
+RDATASETS_NUMERIC: dict[str, str] = {
+    "funded_amnt": NUMBER,
+    "term": TERM,  # "term_36"
+    "int_rate": NUMBER,
+    "annual_inc": NUMBER,
+    "emp_length": "rdatasets_emp_length",  # "emp_lt_1", "emp_1".."emp_9", "emp_ge_10", "emp_unk"
+    "delinq_2yrs": NUMBER,
+    "inq_last_6mths": NUMBER,
+    "revol_util": NUMBER,
+    "acc_now_delinq": NUMBER,
+    "open_il_6m": NUMBER,
+    "open_il_12m": NUMBER,
+    "open_il_24m": NUMBER,
+    "total_bal_il": NUMBER,
+    "all_util": NUMBER,
+    "inq_fi": NUMBER,
+    "inq_last_12m": NUMBER,
+    "delinq_amnt": NUMBER,
+    "num_il_tl": NUMBER,
+    "total_il_high_credit_limit": NUMBER,
+}
+RDATASETS_CATEGORICAL = ("sub_grade", "addr_state", "verification_status")
+RDATASETS_COLUMNS = (*RDATASETS_NUMERIC, *RDATASETS_CATEGORICAL, RDATASETS_TARGET)
+RDATASETS_SOURCE = "the `lending_club` table of the R package modeldata (also in the Rdatasets collection)"
+_ROWNAMES = ("rownames", "", "Unnamed: 0")
+
+
+def _rdatasets_emp_length(s: pd.Series) -> np.ndarray:
+    """ "emp_lt_1" is 0, "emp_ge_10" is 10, "emp_3" is 3, "emp_unk" is missing."""
+
+    def years(u: pd.Series) -> pd.Series:
+        found = pd.to_numeric(u.str.extract(r"(\d+)", expand=False), errors="coerce")
+        return found.mask(u.str.strip().str.contains("lt_1", regex=False), 0.0)
+
+    return _finite(_per_value(s, years))
+
+
+def _is_rdatasets(path: Path) -> bool:
+    """modeldata's table has `Class` and no `loan_status`."""
+    try:
+        compression = _compression(path)
+        header = pd.read_csv(path, compression=compression, nrows=0, encoding="utf-8", encoding_errors="replace")
+    except _READ_ERRORS:
+        return False
+    columns = {str(c).strip() for c in header.columns}
+    return RDATASETS_TARGET in columns and TARGET_COLUMN not in columns
+
+
+def read_rdatasets(path: Path) -> Parsed:
+    """The `lending_club` csv (a leading `rownames` column, as Rdatasets writes it, gives the ids)."""
+    try:
+        frame = pd.read_csv(path, compression=_compression(path), dtype=str, keep_default_na=False)
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in RDATASETS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} of {RDATASETS_SOURCE}")
+    rownames = next((c for c in _ROWNAMES if c in frame.columns), None)
+    if rownames is not None:
+        ids = pd.to_numeric(frame[rownames], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(ids).any() or len(np.unique(ids)) != len(ids):
+            raise DataError(f"{path}: the {rownames!r} column must hold distinct integer row names")
+        ids_are = f"the file's {rownames!r} column"
+    else:
+        ids = np.arange(len(frame), dtype=np.float64)
+        ids_are = "0-based data-row number in the file"
+    frame = frame.replace({"": None, "NA": None})
+    label = _per_value(frame[RDATASETS_TARGET].fillna(""), lambda u: u.str.strip().map(RDATASETS_MAPPING))
+    keep = ~np.isnan(label)
+    if not keep.any():
+        raise DataError(f"{path}: no row has Class 'good' or 'bad' ({RDATASETS_SOURCE})")
+    part = frame.loc[keep]
+    parsers = _PARSERS | {"rdatasets_emp_length": _rdatasets_emp_length}
+    raw = np.column_stack([parsers[kind](part[column]) for column, kind in RDATASETS_NUMERIC.items()])
+    cats = {c: _Codes() for c in RDATASETS_CATEGORICAL}
+    for column in RDATASETS_CATEGORICAL:
+        cats[column].add(part[column])
+    return Parsed(
+        "rdatasets",
+        ids[keep].astype(np.int64),
+        label[keep].astype(np.int64),
+        raw.astype(np.float64),
+        tuple(RDATASETS_NUMERIC),
+        {c: cats[c].codes() for c in RDATASETS_CATEGORICAL},
+        {c: cats[c].names().astype(str) for c in RDATASETS_CATEGORICAL},
+        (),
+        RDATASETS_CLASSES,
+        {"column": RDATASETS_TARGET, "mapping": dict(RDATASETS_MAPPING)},
+        ids_are,
+        {},
+    )
+
+
+def parse(path: Path) -> Parsed:
+    return read_rdatasets(path) if _is_rdatasets(path) else read_labelled(path)
+
+
+# ------------------------------------------------------------------------------------------- caching
+CACHE_VERSION = 1  # bump when parsing changes: older caches are then ignored
+
+
+def cache_dir() -> Path:
+    """$UVERIFY_CACHE_DIR, else $XDG_CACHE_HOME/uverify, else ~/.cache/uverify."""
+    if os.environ.get("UVERIFY_CACHE_DIR"):
+        return Path(os.environ["UVERIFY_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "uverify"
+
+
+def read_cached(path: Path) -> Parsed:
+    """`parse(path)` once per file content: the result is kept as an .npz named by the file's sha256,
+    so the 2.26M-row csv is parsed once and later loads (any subsample, split or clip) read the cache.
+    A damaged cache is parsed again and replaced; an unwritable cache folder only costs the speed."""
+    digest = sha256_file(path)
+    cached = cache_dir() / "loan" / f"{digest}.v{CACHE_VERSION}.npz"
+    if cached.is_file():
+        try:
+            return _from_npz(cached)
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
+            pass
+    parsed = parse(path)
+    with contextlib.suppress(UverifyError):  # a read-only home: the data loads, only uncached
+        atomic_write(cached, lambda tmp: _to_npz(parsed, tmp))
+    return parsed
+
+
+def _to_npz(parsed: Parsed, tmp: Path) -> None:
+    meta = {
+        "source": parsed.source,
+        "numeric": list(parsed.numeric),
+        "categorical": list(parsed.codes),
+        "missing_means_never": list(parsed.missing_means_never),
+        "class_names": list(parsed.class_names),
+        "target": parsed.target,
+        "ids_are": parsed.ids_are,
+        "derived": parsed.derived,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.array(json.dumps(meta)),
+        "ids": parsed.ids,
+        "y": parsed.y,
+        "raw": parsed.raw,
+    }
+    for i, column in enumerate(parsed.codes):
+        arrays[f"codes_{i}"] = parsed.codes[column]
+        arrays[f"vocab_{i}"] = parsed.vocab[column].astype(str)  # unicode, so no pickle is needed
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+
+def _from_npz(cached: Path) -> Parsed:
+    with np.load(cached, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        columns = meta["categorical"]
+        return Parsed(
+            meta["source"],
+            data["ids"],
+            data["y"],
+            data["raw"],
+            tuple(meta["numeric"]),
+            {c: data[f"codes_{i}"] for i, c in enumerate(columns)},
+            {c: data[f"vocab_{i}"] for i, c in enumerate(columns)},
+            tuple(meta["missing_means_never"]),
+            tuple(meta["class_names"]),
+            meta["target"],
+            meta["ids_are"],
+            meta["derived"],
+        )

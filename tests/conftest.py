@@ -28,3 +28,11 @@ def write_spec(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The loan cache goes to a folder of this test session, never to the user's ~/.cache."""
+    import os
+
+    os.environ["UVERIFY_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))

