@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sisa bench-amnesiac clean
+.PHONY: demo test lint bench bench-sisa bench-amnesiac bench-loan clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -29,12 +29,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/sisa.py
 	$(BIN)/python bench/amnesiac.py
+	$(BIN)/python bench/loan.py
 
 bench-sisa: $(STAMP)
 	$(BIN)/python bench/sisa.py
 
 bench-amnesiac: $(STAMP)
 	$(BIN)/python bench/amnesiac.py
+
+bench-loan: $(STAMP)
+	$(BIN)/python bench/loan.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache
