@@ -8,8 +8,10 @@ Each (method, training) cell is one run directory `<out>/<method>-<training>/`: 
 The answer is the seed's ACC / R-ACC / Gap tables, once with PGD robust accuracy (the seed's) and once
 with certified robust accuracy (CROWN, which the seed did not have), as markdown and JSON, plus plots.
 
-Resumable: a rerun keeps every finished step whose inputs are unchanged (the run was trained from the
-same spec, a report was made from the same spec on the model file now in the run) and redoes the rest.
+Resumable: a rerun keeps every finished step whose inputs are unchanged and redoes the rest. A run is
+kept when its data, model, training and unlearning sections equal the spec's; a report when it was
+made from the same spec on the same model file. Before the deletion, a copy of M goes to `<run>/M/`, so
+changing only the property, the bounds or the attack re-checks M and M' without retraining.
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ def _cell(
     progress: bool,
     echo: Callable[[str], None],
 ) -> CellResult:
+    """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
+    is already there and still valid; the copy of M lets a changed property or attack re-check M
+    without retraining."""
     from uverify.pipeline import train_run, unlearn_run
     from uverify.unlearning.run import open_run
     from uverify.verifier.check import check
@@ -145,20 +150,22 @@ def _cell(
     reused = []
     before_path, after_path = run_dir / "report_before.json", run_dir / "report_after.json"
 
-    run = _trained_run(run_dir, digest, training)
-    before = _valid_report(before_path, digest, run.model_path if run and run.info.deleted == 0 else None)
-    if run is not None and run.info.deleted > 0 and before is None:
-        run = None  # M is gone and was never checked: start the cell again
+    run = _trained_run(run_dir, spec, training)
+    if run is not None and not _kept_m(run).is_file():
+        run = None if run.info.deleted > 0 else run  # M is gone and no copy was kept: train again
     if run is None:
         echo(f"[{name}] training")
         train_run(spec, run_dir, adversarial=training == "adversarial", splits=splits, progress=progress)
         run = open_run(run_dir)
-        before = None
     else:
         reused.append("train")
+    m_path = _kept_m(run)
+    if not m_path.is_file():
+        _keep_m(run)
+    before = _valid_report(before_path, digest, m_path)
     if before is None:
         echo(f"[{name}] checking M")
-        before = check(run.model_path, spec, samples, domain, progress=progress)
+        before = check(m_path, spec, samples, domain, progress=progress)
         save_report(before, before_path)
     else:
         reused.append("check M")
@@ -182,8 +189,29 @@ def _cell(
     return CellResult(method, training, run_dir, before, after, log[-1] if log else {}, reused)
 
 
-def _trained_run(run_dir: Path, digest: str, training: str) -> Any:
-    """The cell's run if it was trained from this spec and training kind, else None (retrain)."""
+KEPT_M = "M"  # the run's subfolder holding a copy of M's model file(s), taken before the deletion
+
+
+def _kept_m(run: Any) -> Path:
+    return run.path / KEPT_M / run.info.model
+
+
+def _keep_m(run: Any) -> None:
+    """Copy M's ONNX file (or vote manifest and member files) into <run>/M/, atomically per file."""
+    from uverify.files import atomic_write_bytes
+
+    files = [run.model_path]
+    if run.model_path.suffix == ".json":
+        from uverify.verifier.vote import read_vote_manifest
+
+        files += read_vote_manifest(run.model_path)[1]
+    for file in files[1:] + files[:1]:  # the manifest last: it is what marks the copy complete
+        atomic_write_bytes(run.path / KEPT_M / file.relative_to(run.path), file.read_bytes())
+
+
+def _trained_run(run_dir: Path, spec: Spec, training: str) -> Any:
+    """The cell's run if it was trained with this spec's data, model, training and unlearning sections
+    (the property, bounds and attack may differ: they only need new checks), else None."""
     from uverify.unlearning.run import open_run
 
     if not (run_dir / "run.json").is_file():
@@ -192,11 +220,12 @@ def _trained_run(run_dir: Path, digest: str, training: str) -> Any:
         run = open_run(run_dir)
     except UverifyError:
         return None
-    return run if run.info.spec_sha256 == digest and run.info.training == training else None
+    same = all(getattr(run.spec, key) == getattr(spec, key) for key in ("data", "model", "train", "unlearning"))
+    return run if same and run.info.training == training else None
 
 
-def _valid_report(path: Path, digest: str, model: Path | None) -> Report | None:
-    """A report made from this spec (and, when `model` is given, on that exact file), else None."""
+def _valid_report(path: Path, digest: str, model: Path) -> Report | None:
+    """A report made from this spec on exactly that model file, else None."""
     if not path.is_file():
         return None
     try:
@@ -205,7 +234,7 @@ def _valid_report(path: Path, digest: str, model: Path | None) -> Report | None:
         return None
     if report.spec_sha256 != digest:
         return None
-    if model is not None and (not model.is_file() or report.model.sha256 != sha256_file(model)):
+    if not model.is_file() or report.model.sha256 != sha256_file(model):
         return None
     return report
 

@@ -72,10 +72,10 @@ class _FileData(_DataBase):
     path: Path = Field(description="the data file, or the folder that holds it")
     subsample: PositiveInt | None = Field(None, description="keep this many labelled samples (seeded)")
 
-    @field_validator("path", mode="before")
+    @field_validator("path", mode="after")
     @classmethod
-    def _expand(cls, value: Any) -> Any:
-        return Path(value).expanduser() if isinstance(value, str) else value
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class LoanData(_FileData):

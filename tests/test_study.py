@@ -98,12 +98,31 @@ def test_a_study_killed_between_steps_resumes_where_it_stopped(finished: StudyRe
     cell = out / "amnesiac-adversarial"
     (cell / "report_after.json").unlink()  # killed after unlearning, before checking M'
     other = out / "sisa-standard"
-    (other / "report_before.json").unlink()  # and here M was deleted from before it was checked: redo the cell
+    (other / "report_before.json").unlink()  # M was unlearned already: its kept copy is checked
+    gone = out / "amnesiac-standard"
+    (gone / "M" / "model.onnx").unlink()  # M was unlearned and its copy is lost: the cell starts again
     again = study(study_spec(), out, progress=False, echo=lambda _: None)
     reused = {(c.method, c.training): c.reused for c in again.cells}
     assert reused[("amnesiac", "adversarial")] == ["train", "check M", "unlearn"]
-    assert reused[("sisa", "standard")] == []
+    assert reused[("sisa", "standard")] == ["train", "unlearn", "check M'"]
+    assert reused[("amnesiac", "standard")] == []
     assert reused[("sisa", "adversarial")] == ["train", "check M", "unlearn", "check M'"]
+    rechecked = next(c.before for c in again.cells if c.run.name == "sisa-standard")
+    original = next(c.before for c in finished.cells if c.run.name == "sisa-standard")
+    assert [r.counts for r in rechecked.results] == [r.counts for r in original.results]  # the same M
+
+
+def test_a_new_attack_rechecks_without_retraining(finished: StudyResult, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    spec = study_spec()
+    changed = spec.model_copy(update={"attack": spec.attack.model_copy(update={"steps": 30})})
+    again = study(changed, out, methods=("sisa",), progress=False, echo=lambda _: None)
+    assert all(c.reused == ["train", "unlearn"] for c in again.cells)
+    assert all(c.before.attack["steps"] == 30 and c.after.attack["steps"] == 30 for c in again.cells)
+    assert {c.run.name for c in again.cells} == {"sisa-standard", "sisa-adversarial"}
 
 
 def test_study_and_bad_methods_on_the_command_line(tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import pytest
 
 from uverify.errors import SpecError
 from uverify.specs import load_spec, shipped_specs, spec_sha256
-from uverify.specs.schema import DigitsData, LoanData, MixtureData, validate_spec
+from uverify.specs.schema import DigitsData, LoanData, MixtureData, Spec, validate_spec
 
 from helpers import tiny_spec_dict
 
@@ -21,6 +21,13 @@ def test_shipped_specs_load_by_name_and_path() -> None:
     assert isinstance(load_spec("digits").data, DigitsData)
     assert isinstance(load_spec("loan").data, LoanData)
     assert load_spec("loan").data.path.is_absolute()  # ~ expanded
+
+
+def test_every_shipped_spec_validates_and_survives_a_json_round_trip() -> None:
+    """Runs store their spec as JSON and read it back (a Path-valued field once failed to)."""
+    for name in shipped_specs():
+        spec = load_spec(name)
+        assert Spec.model_validate_json(spec.model_dump_json()) == spec, name
 
 
 def test_defaults_and_normalised_values() -> None:
