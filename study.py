@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from uverify.datasets import Domain, Splits, load
+from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
 from uverify.files import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from uverify.specs.schema import Spec, spec_sha256
@@ -88,7 +89,11 @@ def study(
     if unknown or not methods:
         raise UverifyError(f"study methods must be among {', '.join(METHODS)}; got {', '.join(methods) or 'none'}")
     splits = load(spec.data)
-    samples, domain = samples_from_spec(spec)
+    train, test = splits.train, splits.test
+    counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
+    echo(f"{spec.name}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
+    echo(format_class_balance({"class_counts": counts}))
+    samples, domain = samples_from_spec(spec, splits=splits)
     cells = []
     for method in methods:
         for training in TRAININGS:

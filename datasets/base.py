@@ -8,7 +8,7 @@ preprocessing is recorded so that an exported model carries it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,27 @@ class Splits:
 
     def split(self, name: str) -> Dataset:
         return self.train if name == "train" else self.test
+
+
+def class_counts(y: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    return {name: int(n) for name, n in zip(names, np.bincount(y, minlength=len(names)), strict=True)}
+
+
+def format_class_balance(preprocessing: dict[str, Any]) -> str:
+    """A small table of `preprocessing["class_counts"]`: per class, its train and test counts and shares."""
+    counts: dict[str, dict[str, int]] = preprocessing.get("class_counts", {})
+    parts = list(counts)
+    names = list(dict.fromkeys(n for part in parts for n in counts[part]))
+    totals = {p: sum(counts[p].values()) or 1 for p in parts}
+    width = max([len("class"), *(len(n) for n in names)])
+    lines = [f"{'class':<{width}}" + "".join(f"{p:>16}" for p in parts)]
+    for name in names:
+        cells = "".join(
+            f"{counts[p].get(name, 0):>8} ({100 * counts[p].get(name, 0) / totals[p]:4.1f}%)" for p in parts
+        )
+        lines.append(f"{name:<{width}}{cells}")
+    lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[p].values()):>16}" for p in parts))
+    return "\n".join(lines)
 
 
 def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from uverify import __version__
-from uverify.datasets import Domain, load
+from uverify.datasets import Domain, Splits, load
 from uverify.errors import UverifyError
 from uverify.files import atomic_write, sha256_file
 from uverify.specs.schema import Spec, spec_sha256
@@ -53,9 +53,10 @@ class Samples:
     source: str
 
 
-def samples_from_spec(spec: Spec, count: int | None = None) -> tuple[Samples, Domain]:
-    """`count` (default data.samples) samples of the spec's split, a seeded choice kept in id order."""
-    part = load(spec.data).split(spec.data.split)
+def samples_from_spec(spec: Spec, count: int | None = None, splits: Splits | None = None) -> tuple[Samples, Domain]:
+    """`count` (default data.samples) samples of the spec's split, a seeded choice kept in id order
+    (from `splits` when the caller has loaded the data already)."""
+    part = (splits or load(spec.data)).split(spec.data.split)
     asked = count or spec.data.samples
     count = min(asked, len(part))
     rng = np.random.default_rng(spec.data.seed)
