@@ -51,7 +51,7 @@ def _spec_option(f: Any) -> Any:
         "spec_ref",
         required=True,
         metavar="SPEC",
-        help="YAML spec file, or the name of a shipped spec (mixture, digits, loan).",
+        help="YAML spec file, or a shipped spec: mixture, digits, loan, svhn, ham10000, tweets, mini_imagenet.",
     )(f)
 
 
