@@ -17,3 +17,54 @@ def tiny_spec_dict(**overrides: Any) -> dict[str, Any]:
     for key, value in overrides.items():
         raw[key] = value
     return raw
+
+
+def assert_one_line_error(excinfo: Any, *needles: str) -> str:
+    """The error (a pytest ExceptionInfo) is one non-empty line that holds every needle."""
+    message = str(excinfo.value)
+    assert "\n" not in message and message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def tiny_image_study_spec(name: str, data: dict[str, Any], delete_fraction: float) -> Any:
+    """A study spec small enough for a test: a 4-channel cnn, 4 epochs, one epsilon, 2 SISA shards."""
+    from uverify.specs.schema import validate_spec
+
+    return validate_spec(
+        tiny_spec_dict(
+            name=name,
+            data=data,
+            model={"arch": "cnn", "channels": [4], "kernel_size": 3, "stride": 2, "hidden": [16]},
+            train={"epochs": 4, "batch_size": 16, "lr": 0.02, "seed": 0, "adversarial": {"epsilon": 0.005, "steps": 2}},
+            property={"norm": "inf", "epsilon": [0.005]},
+            attack={"steps": 5, "restarts": 1},
+            unlearning={
+                "method": "sisa",
+                "sisa": {"shards": 2, "slices": 1},
+                "amnesiac": {"repair_epochs": 1},
+                "delete": {"fraction": delete_fraction, "seed": 0},
+            },
+        )
+    )
+
+
+def assert_study_is_whole(result: Any, classes: int) -> None:
+    """Tables and plots exist, every cell has both reports and a deletion, certified <= PGD <= clean in
+    every cell, and the models beat chance (the fixtures are learnable)."""
+    import json
+
+    import numpy as np
+
+    out = result.out
+    assert (out / "tables.md").is_file() and set(json.loads((out / "tables.json").read_text())) == {"pgd", "certified"}
+    assert result.plots and all(plot.is_file() for plot in result.plots)
+    assert len(result.cells) == 4
+    for cell in result.cells:
+        assert (cell.run / "report_before.json").is_file() and (cell.run / "report_after.json").is_file()
+        assert len(cell.deletion["ids"]) >= 1
+        for report in (cell.before, cell.after):
+            for r in report.results:
+                assert r.certified_accuracy <= r.pgd_accuracy <= r.clean_accuracy, (cell.method, cell.training, r)
+    assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > 1.5 / classes

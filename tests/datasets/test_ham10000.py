@@ -19,10 +19,10 @@ from uverify.datasets.base import Splits, format_class_balance
 from uverify.datasets.image_fixtures import write_ham10000
 from uverify.errors import DataError
 from uverify.specs import load_spec
-from uverify.specs.schema import Ham10000Data, validate_spec
+from uverify.specs.schema import Ham10000Data
 from uverify.study import study
 
-from helpers import tiny_spec_dict
+from helpers import assert_one_line_error, assert_study_is_whole, tiny_image_study_spec
 
 N_IMAGES = 120
 SOURCE = "https://doi.org/10.7910/DVN/DBW86T"
@@ -58,14 +58,6 @@ def assert_same(a: Splits, b: Splits) -> None:
     for name in ("train", "test"):
         x, z = a.split(name), b.split(name)
         assert np.array_equal(x.ids, z.ids) and np.array_equal(x.y, z.y) and np.array_equal(x.X, z.X)
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo[DataError], *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message and message
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -255,31 +247,8 @@ def test_the_study_runs_on_ham10000(tmp_path: Path) -> None:
     """The whole grid on HAM10000-format files (8x8 images): the tables exist, every cell keeps
     certified <= PGD <= clean, and the models beat chance."""
     write_ham10000(tmp_path / "data", 240, seed=0)
-    run_spec = validate_spec(
-        tiny_spec_dict(
-            name="ham10000-tiny",
-            data={"dataset": "ham10000", "path": str(tmp_path / "data"), "image_size": 8, "samples": 10},
-            model={"arch": "cnn", "channels": [4], "kernel_size": 3, "stride": 2, "hidden": [16]},
-            train={"epochs": 4, "batch_size": 16, "lr": 0.02, "seed": 0, "adversarial": {"epsilon": 0.005, "steps": 2}},
-            property={"norm": "inf", "epsilon": [0.005]},
-            attack={"steps": 5, "restarts": 1},
-            unlearning={
-                "method": "sisa",
-                "sisa": {"shards": 2, "slices": 1},
-                "amnesiac": {"repair_epochs": 1},
-                "delete": {"fraction": 0.005, "seed": 0},
-            },
-        )
+    run_spec = tiny_image_study_spec(
+        "ham10000-tiny", {"dataset": "ham10000", "path": str(tmp_path / "data"), "image_size": 8, "samples": 10}, 0.005
     )
     result = study(run_spec, tmp_path / "out", progress=False, echo=lambda _: None)
-    out = result.out
-    assert (out / "tables.md").is_file() and set(json.loads((out / "tables.json").read_text())) == {"pgd", "certified"}
-    assert result.plots and all(plot.is_file() for plot in result.plots)
-    assert len(result.cells) == 4
-    for cell in result.cells:
-        assert (cell.run / "report_before.json").is_file() and (cell.run / "report_after.json").is_file()
-        assert len(cell.deletion["ids"]) >= 1
-        for report in (cell.before, cell.after):
-            for r in report.results:
-                assert r.certified_accuracy <= r.pgd_accuracy <= r.clean_accuracy, (cell.method, cell.training, r)
-    assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > 1.5 / len(CLASSES)
+    assert_study_is_whole(result, len(CLASSES))

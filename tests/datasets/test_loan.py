@@ -20,6 +20,8 @@ from uverify.datasets.fixtures import PREAMBLE, SUMMARY_ROWS, write_loan_csv
 from uverify.errors import DataError
 from uverify.specs.schema import LoanData
 
+from helpers import assert_one_line_error
+
 N_ROWS = 3000
 FILE = loan.FILE_NAME
 LABELS = {
@@ -98,14 +100,6 @@ def assert_same(a: Splits, b: Splits) -> None:
         assert np.array_equal(x.ids, z.ids) and np.array_equal(x.y, z.y)
         assert np.array_equal(x.X, z.X)
     assert a.train.preprocessing == b.train.preprocessing
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo[DataError], *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message and message
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -16,10 +16,10 @@ from uverify.datasets.base import Splits
 from uverify.datasets.image_fixtures import write_svhn_mat
 from uverify.errors import DataError
 from uverify.specs import load_spec
-from uverify.specs.schema import SvhnData, validate_spec
+from uverify.specs.schema import SvhnData
 from uverify.study import study
 
-from helpers import tiny_spec_dict
+from helpers import assert_one_line_error, assert_study_is_whole, tiny_image_study_spec
 
 N_TRAIN, N_TEST = 120, 30
 SOURCE = "http://ufldl.stanford.edu/housenumbers/"
@@ -38,14 +38,6 @@ def assert_same(a: Splits, b: Splits) -> None:
     for name in ("train", "test"):
         x, z = a.split(name), b.split(name)
         assert np.array_equal(x.ids, z.ids) and np.array_equal(x.y, z.y) and np.array_equal(x.X, z.X)
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo[DataError], *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message and message
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -174,31 +166,8 @@ def test_the_study_runs_on_svhn(tmp_path: Path) -> None:
     """The whole grid on SVHN-format files: the tables exist, every cell keeps certified <= PGD <= clean,
     and the models beat chance (the fixture is learnable). Kept small: 300 images, one epsilon, 10 samples."""
     write_svhn_mat(tmp_path / "data", 300, 40, seed=0)
-    run_spec = validate_spec(
-        tiny_spec_dict(
-            name="svhn-tiny",
-            data={"dataset": "svhn", "path": str(tmp_path / "data"), "samples": 10},
-            model={"arch": "cnn", "channels": [4], "kernel_size": 3, "stride": 2, "hidden": [16]},
-            train={"epochs": 4, "batch_size": 16, "lr": 0.02, "seed": 0, "adversarial": {"epsilon": 0.005, "steps": 2}},
-            property={"norm": "inf", "epsilon": [0.005]},
-            attack={"steps": 5, "restarts": 1},
-            unlearning={
-                "method": "sisa",
-                "sisa": {"shards": 2, "slices": 1},
-                "amnesiac": {"repair_epochs": 1},
-                "delete": {"fraction": 0.004, "seed": 0},
-            },
-        )
+    run_spec = tiny_image_study_spec(
+        "svhn-tiny", {"dataset": "svhn", "path": str(tmp_path / "data"), "samples": 10}, 0.004
     )
     result = study(run_spec, tmp_path / "out", progress=False, echo=lambda _: None)
-    out = result.out
-    assert (out / "tables.md").is_file() and set(json.loads((out / "tables.json").read_text())) == {"pgd", "certified"}
-    assert result.plots and all(plot.is_file() for plot in result.plots)
-    assert len(result.cells) == 4
-    for cell in result.cells:
-        assert (cell.run / "report_before.json").is_file() and (cell.run / "report_after.json").is_file()
-        assert len(cell.deletion["ids"]) >= 1
-        for report in (cell.before, cell.after):
-            for r in report.results:
-                assert r.certified_accuracy <= r.pgd_accuracy <= r.clean_accuracy, (cell.method, cell.training, r)
-    assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > 1.5 / 10
+    assert_study_is_whole(result, 10)
