@@ -50,9 +50,10 @@ def tiny_image_study_spec(name: str, data: dict[str, Any], delete_fraction: floa
     )
 
 
-def assert_study_is_whole(result: Any, classes: int) -> None:
+def assert_study_is_whole(result: Any, min_accuracy: float) -> None:
     """Tables and plots exist, every cell has both reports and a deletion, certified <= PGD <= clean in
-    every cell, and the models beat chance (the fixtures are learnable)."""
+    every cell, and the models' mean clean accuracy before deletion exceeds `min_accuracy` (the fixtures
+    are learnable)."""
     import json
 
     import numpy as np
@@ -67,4 +68,4 @@ def assert_study_is_whole(result: Any, classes: int) -> None:
         for report in (cell.before, cell.after):
             for r in report.results:
                 assert r.certified_accuracy <= r.pgd_accuracy <= r.clean_accuracy, (cell.method, cell.training, r)
-    assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > 1.5 / classes
+    assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > min_accuracy

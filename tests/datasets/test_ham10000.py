@@ -251,4 +251,4 @@ def test_the_study_runs_on_ham10000(tmp_path: Path) -> None:
         "ham10000-tiny", {"dataset": "ham10000", "path": str(tmp_path / "data"), "image_size": 8, "samples": 10}, 0.005
     )
     result = study(run_spec, tmp_path / "out", progress=False, echo=lambda _: None)
-    assert_study_is_whole(result, len(CLASSES))
+    assert_study_is_whole(result, 1.5 / len(CLASSES))  # well above chance

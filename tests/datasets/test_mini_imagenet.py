@@ -224,4 +224,4 @@ def test_the_study_runs_on_mini_imagenet(tmp_path: Path) -> None:
         0.01,
     )
     result = study(run_spec, tmp_path / "out", progress=False, echo=lambda _: None)
-    assert_study_is_whole(result, 4)
+    assert_study_is_whole(result, 1.5 / 4)  # well above chance

@@ -170,4 +170,4 @@ def test_the_study_runs_on_svhn(tmp_path: Path) -> None:
         "svhn-tiny", {"dataset": "svhn", "path": str(tmp_path / "data"), "samples": 10}, 0.004
     )
     result = study(run_spec, tmp_path / "out", progress=False, echo=lambda _: None)
-    assert_study_is_whole(result, 10)
+    assert_study_is_whole(result, 1.5 / 10)  # well above chance
