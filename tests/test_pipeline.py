@@ -184,3 +184,13 @@ def test_a_damaged_deletion_record_is_one_line(sisa_run: Path, tmp_path: Path) -
     np.save(run / "deleted_ids.npy", np.zeros((2, 2), np.int64))
     with pytest.raises(UverifyError, match=r"deleted_ids\.npy must be a 1-d integer array"):
         unlearn_run(run, ids=np.array([1]))
+
+
+def test_id_files_with_a_byte_order_mark_or_huge_numbers(tmp_path: Path) -> None:
+    from uverify.unlearning.run import read_id_file
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf12\n7\n")  # as Windows editors save UTF-8
+    assert list(read_id_file(tmp_path / "bom.txt")) == [7, 12]
+    (tmp_path / "huge.txt").write_text("1\n99999999999999999999\n")
+    with pytest.raises(UverifyError, match="line 2: 99999999999999999999 is out of the range of sample ids"):
+        read_id_file(tmp_path / "huge.txt")

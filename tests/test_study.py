@@ -131,3 +131,24 @@ def test_study_and_bad_methods_on_the_command_line(tmp_path: Path, write_spec) -
               "--method", "astrology", "--quiet"],
     )  # fmt: skip
     assert result.exit_code == 2 and "astrology" in result.output
+
+
+def test_a_deletion_made_outside_the_study_is_not_taken_for_the_spec_s(finished: StudyResult, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from uverify.pipeline import unlearn_run
+    from uverify.unlearning.run import open_run
+
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    run = out / "sisa-standard"
+    train_ids = np.sort(np.load(run / "sisa" / "manifest.npz")["ids"])
+    extra = np.setdiff1d(train_ids, np.load(run / "deleted_ids.npy"))[:1]
+    unlearn_run(run, ids=extra, progress=False)  # by hand, beside the study
+    assert open_run(run).info.deleted == round(0.02 * 480) + 1
+    again = study(study_spec(), out, methods=("sisa",), progress=False, echo=lambda _: None)
+    reused = {c.run.name: c.reused for c in again.cells}
+    assert reused["sisa-standard"] == [] and open_run(run).info.deleted == round(0.02 * 480)
+    assert reused["sisa-adversarial"] == ["train", "check M", "unlearn", "check M'"]

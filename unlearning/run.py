@@ -121,7 +121,7 @@ def read_id_file(path: str | Path) -> np.ndarray:
     the file and the line."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an id
     except FileNotFoundError:
         raise UverifyError(f"id file {file}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -131,6 +131,8 @@ def read_id_file(path: str | Path) -> np.ndarray:
         for token in line.split("#", 1)[0].replace(",", " ").split():
             if not _ID.match(token):
                 raise UverifyError(f"id file {file}, line {number}: {token!r} is not an integer sample id")
+            if not -(2**63) <= int(token) < 2**63:
+                raise UverifyError(f"id file {file}, line {number}: {token} is out of the range of sample ids")
             ids.append(int(token))
     if not ids:
         raise UverifyError(f"id file {file}: holds no sample ids")

@@ -21,6 +21,7 @@ shard by shard (see verifier/vote.py).
 
 from __future__ import annotations
 
+import pickle  # only for its error type: checkpoints are read with weights_only=True
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,8 +276,9 @@ class Sisa:
             try:
                 state = torch.load(path, weights_only=True)
                 trainer.load_state_dict(state)
-            except (OSError, RuntimeError, KeyError, EOFError) as exc:
-                raise UverifyError(f"SISA checkpoint {path}: not readable ({str(exc).splitlines()[0]})") from None
+            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise UverifyError(f"SISA checkpoint {path}: not readable ({reason})") from None
             trainer.model.eval()
         return trainer
 

@@ -1,10 +1,10 @@
 """`uverify compare`: two check reports side by side (M before deletion, M' after), per epsilon and per
 sample, and `uverify gate`: the CI decision on a robustness regression.
 
-Both reports must check the same property (norm) on the same samples (matched by id); epsilons are
-compared where both reports have them. A sample "lost certification" when it was verified before and
-is not after, and "lost robustness" when no counterexample was known before (verified or unknown) and
-one is after (falsified or misclassified).
+Both reports must check the same property (norm) on the same samples (matched by id). `compare` shows
+the epsilons both reports have; `gate` refuses a candidate that lacks an epsilon the baseline checked.
+A sample "lost certification" when it was verified before and is not after, and "lost robustness" when
+no counterexample was known before (verified or unknown) and one is after (falsified or misclassified).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ class Comparison:
     after: str
     norm: str
     samples: int  # checked in both reports
-    only_before: int
-    only_after: int
     rows: list[EpsilonDelta]
 
     def to_json(self) -> dict[str, Any]:
@@ -68,14 +66,24 @@ def _matching_epsilons(before: Report, after: Report) -> list[tuple[EpsilonResul
     return pairs
 
 
+def _same_samples(before: Report, after: Report) -> None:
+    """Accuracies are fractions of the checked samples: comparable only over the same samples."""
+    ids_before, ids_after = {row.id for row in before.samples}, {row.id for row in after.samples}
+    if ids_before != ids_after:
+        only_b, only_a = sorted(ids_before - ids_after), sorted(ids_after - ids_before)
+        raise UverifyError(
+            f"the reports checked different samples ({len(only_b)} ids only in the first, e.g. {only_b[:3]}; "
+            f"{len(only_a)} only in the second, e.g. {only_a[:3]}): check both with the same spec data section"
+        )
+
+
 def compare(before: Report, after: Report, before_name: str = "before", after_name: str = "after") -> Comparison:
     if before.norm != after.norm:
         raise UverifyError(f"the reports check different norms (L{before.norm} and L{after.norm}): not comparable")
+    _same_samples(before, after)
     index_before = {row.id: row for row in before.samples}
     index_after = {row.id: row for row in after.samples}
     shared = sorted(set(index_before) & set(index_after))
-    if not shared:
-        raise UverifyError("the reports share no sample ids: they checked different samples")
     rows = []
     for result_b, result_a in _matching_epsilons(before, after):
         kb = before.results.index(result_b)
@@ -104,15 +112,7 @@ def compare(before: Report, after: Report, before_name: str = "before", after_na
                 gained_r,
             )
         )
-    return Comparison(
-        before_name,
-        after_name,
-        before.norm,
-        len(shared),
-        len(index_before) - len(shared),
-        len(index_after) - len(shared),
-        rows,
-    )
+    return Comparison(before_name, after_name, before.norm, len(shared), rows)
 
 
 _LABELS = {
@@ -152,14 +152,7 @@ def render_comparison(comparison: Comparison, fmt: Literal["table", "markdown", 
         for row in comparison.rows
     ]
     change_header = ["epsilon", "lost certification", "gained certification", "lost robustness", "gained robustness"]
-    title = (
-        f"{comparison.before} -> {comparison.after}: L{comparison.norm} ball, {comparison.samples} samples in both"
-        + (
-            f" ({comparison.only_before} only before, {comparison.only_after} only after)"
-            if comparison.only_before or comparison.only_after
-            else ""
-        )
-    )
+    title = f"{comparison.before} -> {comparison.after}: L{comparison.norm} ball, {comparison.samples} samples"
     if fmt == "markdown":
         return "\n".join(
             [
@@ -230,8 +223,16 @@ def gate(baseline: Report, candidate: Report, metric: Metric, max_drop: float) -
         raise UverifyError(f"--max-drop must lie in [0, 1], got {max_drop:g}")
     if baseline.norm != candidate.norm:
         raise UverifyError(f"the reports check different norms (L{baseline.norm} and L{candidate.norm})")
+    _same_samples(baseline, candidate)
+    pairs = _matching_epsilons(baseline, candidate)
+    missing = [r.epsilon for r in baseline.results if all(r is not b for b, _ in pairs)]
+    if missing:  # a regression there would go unseen
+        raise UverifyError(
+            f"the candidate report has no results at epsilon {', '.join(f'{e:g}' for e in missing)}, which the "
+            "baseline checked: check it over the same epsilons"
+        )
     checks = []
-    for result_b, result_c in _matching_epsilons(baseline, candidate):
+    for result_b, result_c in pairs:
         b, c = float(getattr(result_b, metric)), float(getattr(result_c, metric))
         checks.append(GateCheck(result_b.epsilon, b, c, b - c, b - c <= max_drop + 1e-9))
     return GateResult(metric, max_drop, checks)

