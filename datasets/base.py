@@ -129,6 +129,17 @@ def format_class_balance(preprocessing: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` sorted row indices, a seeded choice stratified by y (plain random where a class is too rare)."""
+    if size >= len(y):
+        return np.arange(len(y))
+    counts = np.bincount(y)
+    classes = int((counts > 0).sum())
+    stratify = y if counts[counts > 0].min() >= 2 and classes <= size <= len(y) - classes else None
+    keep, _ = train_test_split(np.arange(len(y)), train_size=size, random_state=seed, stratify=stratify)
+    return np.sort(keep)
+
+
 def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified row indices (train, test), each sorted so ids keep their file order."""
     counts = np.bincount(y)

@@ -18,7 +18,7 @@ Sample ids are the 0-based data-row number in the csv. The per-class counts of t
 in `preprocessing["class_counts"]` (and so in an exported model's metadata); `format_class_balance`
 prints them.
 
-The image helpers here (`read_image`, `stratified_subset`, `class_counts`) serve the other image loaders too.
+Shared helpers live in datasets/images.py (decoding, finding files) and datasets/base.py (subsets, class counts).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split
-from uverify.datasets.images import RESAMPLE, index_images, read_images, stratified_subset
+from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split, stratified_subset
+from uverify.datasets.images import RESAMPLE, index_images, read_images
 from uverify.errors import DataError
 
 METADATA_FILE = "HAM10000_metadata.csv"

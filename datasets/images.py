@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from uverify.errors import DataError
 
@@ -42,17 +41,6 @@ def read_images(paths: Sequence[Path], size: int) -> np.ndarray:
     for k, path in enumerate(paths):
         out[k] = read_image(path, size)
     return out
-
-
-def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """`size` sorted row indices, a seeded choice stratified by y (plain random where a class is too rare)."""
-    if size >= len(y):
-        return np.arange(len(y))
-    counts = np.bincount(y)
-    classes = int((counts > 0).sum())
-    stratify = y if counts[counts > 0].min() >= 2 and classes <= size <= len(y) - classes else None
-    keep, _ = train_test_split(np.arange(len(y)), train_size=size, random_state=seed, stratify=stratify)
-    return np.sort(keep)
 
 
 def index_images(root: Path, wanted: Iterable[str]) -> dict[str, Path]:

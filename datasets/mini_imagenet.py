@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split
-from uverify.datasets.images import IMAGE_SUFFIXES, RESAMPLE, read_images, stratified_subset
+from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split, stratified_subset
+from uverify.datasets.images import IMAGE_SUFFIXES, RESAMPLE, read_images
 from uverify.errors import DataError
 
 SPLIT_FILES = ("train.csv", "val.csv", "test.csv")

@@ -22,8 +22,7 @@ import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from uverify.datasets.base import Dataset, Domain, Splits, class_counts
-from uverify.datasets.images import stratified_subset
+from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_subset
 from uverify.errors import DataError
 
 TRAIN_FILE = "train_32x32.mat"

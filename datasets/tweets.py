@@ -47,9 +47,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from uverify.datasets.base import Dataset, Domain, Splits, stratified_split
+from uverify.datasets.base import Dataset, Domain, Splits, stratified_split, stratified_subset
 from uverify.errors import DataError
 
 FILE_NAME = "tweets.csv"
@@ -188,24 +187,13 @@ def _ids(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
     return np.arange(len(frame), dtype=np.int64), "0-based data-row number (no id column of unique integers)"
 
 
-def _subsample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """`size` row indices (sorted), seeded and stratified by target when both classes can be kept."""
-    if size >= len(y):
-        return np.arange(len(y))
-    try:
-        keep, _ = train_test_split(np.arange(len(y)), train_size=size, random_state=seed, stratify=y)
-    except ValueError:  # a class too small to stratify, or fewer rows asked than classes
-        keep = np.random.default_rng(seed).choice(len(y), size=size, replace=False)
-    return np.sort(keep)
-
-
 # ------------------------------------------------------------------------------------------- loading
 def load(spec: Any) -> Splits:
     """Train/test splits of the tweets in `spec.path`, as TF-IDF or bag-of-words vectors."""
     path = resolve_path(spec.path)
     ids, y, documents, how_ids = read_tweets(path)
     if spec.subsample is not None and spec.subsample < len(ids):
-        keep = _subsample(y, spec.subsample, spec.seed)
+        keep = stratified_subset(y, spec.subsample, spec.seed)
         ids, y, documents = ids[keep], y[keep], [documents[i] for i in keep]
     try:
         train_idx, test_idx = stratified_split(len(ids), y, spec.test_fraction, spec.seed)
