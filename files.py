@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from uverify.errors import UverifyError
+from uverify.errors import UverifyError, one_line
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -134,6 +135,45 @@ def atomic_write_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             np.save(handle, array, allow_pickle=False)
 
     return atomic_write(path, write)
+
+
+def atomic_write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], *, compressed: bool = False) -> Path:
+    """Several arrays in one .npz file, written atomically; never pickled (object arrays are refused)."""
+    for key, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise ValueError(f"{path}: array {key!r} holds Python objects, which an .npz must not pickle")
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            save(handle, **arrays)  # type: ignore[arg-type]
+
+    return atomic_write(path, write)
+
+
+def read_npz(path: str | os.PathLike[str], name: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (pickles refused); `keys` must be among them. `name` says what the
+    file is in the one-line error that a missing, truncated or foreign file gives."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if not magic.startswith(b"PK"):  # np.load calls anything neither zip nor .npy "pickled data"
+            kind = "a single .npy array" if magic == b"\x93NUMPY" else "not an .npz archive (no zip signature)"
+            raise UverifyError(f"{name}: {kind}; expected an .npz archive of arrays")
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise UverifyError(f"{name}: a single array, not an .npz archive of arrays")
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise UverifyError(f"{name}: no array {' or '.join(map(repr, missing))} (it has {sorted(data.files)})")
+            return {key: data[key] for key in data.files}
+    except UverifyError:
+        raise
+    except FileNotFoundError:
+        raise UverifyError(f"{name}: no such file") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        reason = "it holds Python objects, which uverify never unpickles" if "pickle" in str(exc) else one_line(exc)
+        raise UverifyError(f"{name}: not a readable .npz file ({reason})") from None
 
 
 def read_int_vector(path: str | os.PathLike[str], name: str) -> np.ndarray:
