@@ -12,6 +12,8 @@ import click
 
 from uverify import __version__
 from uverify.errors import ExitStatus, UverifyError
+from uverify.kinds import BoundMethod, GateMetric, Norm, UnlearningMethod, values
+from uverify.specs import shipped_specs
 
 
 class BadInput(click.ClickException):
@@ -51,11 +53,11 @@ def _spec_option(f: Any) -> Any:
         "spec_ref",
         required=True,
         metavar="SPEC",
-        help="YAML spec file, or a shipped spec: mixture, digits, loan, svhn, ham10000, tweets, mini_imagenet.",
+        help=f"YAML spec file, or a shipped spec: {', '.join(shipped_specs())}.",
     )(f)
 
 
-_METHODS = click.Choice(["sisa", "amnesiac"])
+_METHODS = click.Choice(values(UnlearningMethod))
 
 
 @cli.command()
@@ -76,15 +78,13 @@ def train(spec_ref: str, out: Path, adversarial: bool, method: str | None, data_
     Example:
       uverify train --spec specs/mixture.yaml --method sisa --out runs/mixture --adversarial
     """
-    from uverify.files import ensure_writable_dir
     from uverify.pipeline import train_run
-    from uverify.specs import load_spec
+    from uverify.specs.load import load_spec
 
     overrides: dict[str, Any] = {"unlearning.method": method} if method else {}
     if data_path:
         overrides["data.path"] = str(data_path)
     spec = load_spec(spec_ref, overrides or None)
-    ensure_writable_dir(out)
     run = train_run(spec, out, adversarial=adversarial, progress=not quiet)
     click.echo(_describe(spec.name, run))
 
@@ -131,37 +131,25 @@ def unlearn(
     Example:
       uverify unlearn --run runs/mixture --method sisa --delete-fraction 0.01 --seed 0
     """
-    from uverify.files import atomic_write_json, ensure_writable_dir
     from uverify.pipeline import unlearn_run
-    from uverify.unlearning.run import open_run
+    from uverify.unlearning.metrics import render_unlearning
 
-    if ids_file is not None and delete_fraction is not None:
-        raise UverifyError("give --delete or --delete-fraction, not both")
-    if seed is not None and delete_fraction is None:
-        raise UverifyError("--seed goes with --delete-fraction")
-    if json_out:
-        ensure_writable_dir(json_out.parent)
-    if ids_file is None and delete_fraction is None:
-        request = open_run(run_dir).spec.unlearning.delete
-        ids_file, delete_fraction, seed = request.ids, request.fraction, request.seed
     result = unlearn_run(
         run_dir,
         ids_file=ids_file,
         fraction=delete_fraction,
-        seed=0 if seed is None else seed,
+        seed=seed,
+        from_spec=True,
         method=method,
         baseline=baseline,
+        metrics_out=json_out,
         progress=not quiet,
     )
     if result.noop:
         click.echo(f"nothing to do: all {result.requested} requested ids are already deleted from {result.run}")
         return
-    from uverify.unlearning.metrics import render_unlearning
-
     click.echo(render_unlearning(result.entry))
-    if json_out:
-        atomic_write_json(json_out, result.entry["metrics"] | {"deletion": result.entry["number"]})
-    click.echo(f"model: {result.model_path}  log: {result.run / 'deletions.json'}")
+    click.echo(f"model: {result.model_path}  log: {result.log_path}")
 
 
 @cli.command()
@@ -176,7 +164,7 @@ def demo(out: Path, quiet: bool) -> None:
     Example:
       uverify demo --out runs/demo
     """
-    from uverify.specs import load_spec
+    from uverify.specs.load import load_spec
     from uverify.study import render_study_summary
     from uverify.study import study as run_study
 
@@ -195,8 +183,8 @@ def demo(out: Path, quiet: bool) -> None:
 @cli.command()
 @_spec_option
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="The ONNX classifier.")
-@click.option("--method", type=click.Choice(["IBP", "CROWN-IBP", "CROWN", "alpha-CROWN"]), help="Bound method.")
-@click.option("--norm", type=click.Choice(["inf", "2", "1"]), help="Norm of the ball.")
+@click.option("--method", type=click.Choice(values(BoundMethod)), help="Bound method.")
+@click.option("--norm", type=click.Choice(values(Norm)), help="Norm of the ball.")
 @click.option("--epsilon", type=float, multiple=True, help="Ball radius; repeat for a sweep. Default: the spec's.")
 @click.option(
     "--samples",
@@ -232,10 +220,9 @@ def check(
     Example:
       uverify check --spec mixture --model runs/mixture/model.onnx --epsilon 0.01 --epsilon 0.02 --out report.json
     """
-    from uverify.files import ensure_writable_dir
-    from uverify.verifier.check import check as run_check
-    from uverify.verifier.check import domain_from_metadata, samples_from_npz, samples_from_spec
-    from uverify.verifier.report import render_table, save_report
+    from uverify.specs.load import load_spec
+    from uverify.verifier.check import check_and_save
+    from uverify.verifier.report import render_table
 
     overrides: dict[str, Any] = {}
     if data_path:
@@ -246,31 +233,14 @@ def check(
         overrides["property.norm"] = norm
     if epsilon:
         overrides["property.epsilon"] = list(epsilon)
-    npz = samples_arg is not None and not samples_arg.isdigit()
-    if samples_arg is not None and not npz:
+    npz = Path(samples_arg) if samples_arg is not None and not samples_arg.isdigit() else None
+    if samples_arg is not None and npz is None:
         overrides["data.samples"] = int(samples_arg)
-    from uverify.specs import load_spec
-
     spec = load_spec(spec_ref, overrides)
-    if out:
-        ensure_writable_dir(out.parent)
-    if npz:
-        from uverify.models import read_metadata
-        from uverify.verifier.vote import is_vote_manifest, manifest_metadata
-
-        samples = samples_from_npz(samples_arg)
-        metadata = manifest_metadata if is_vote_manifest(model_path) else read_metadata
-        domain = domain_from_metadata(metadata(model_path)) if model_path.is_file() else None
-    else:
-        samples, domain = samples_from_spec(spec)
-    counterexamples = out.with_suffix(".counterexamples.npz") if out else None
-    report = run_check(
-        model_path, spec, samples, domain, progress=not quiet, counterexamples=counterexamples, cross_check=cross_check
-    )
+    report = check_and_save(model_path, spec, npz, out, progress=not quiet, cross_check=cross_check)
     click.echo(render_table(report))
     if out:
-        save_report(report, out)
-        click.echo(f"report: {out}  counterexamples: {counterexamples}")
+        click.echo(f"report: {out}  counterexamples: {out.with_suffix('.counterexamples.npz')}")
 
 
 @cli.command()
@@ -292,7 +262,7 @@ def study(spec_ref: str, out: Path, methods: tuple[str, ...], data_path: Path | 
     Example:
       uverify study --spec specs/mixture.yaml --out runs/study
     """
-    from uverify.specs import load_spec
+    from uverify.specs.load import load_spec
     from uverify.study import METHODS, render_study_summary
     from uverify.study import study as run_study
 
@@ -327,7 +297,7 @@ def compare(before: Path, after: Path, fmt: str) -> None:
 @click.option("--candidate", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Report of M'.")
 @click.option(
     "--metric",
-    type=click.Choice(["certified_accuracy", "pgd_accuracy", "clean_accuracy"]),
+    type=click.Choice(values(GateMetric)),
     help="Default: the spec's gate.metric.",
 )
 @click.option("--max-drop", type=float, help="Largest allowed drop, a fraction. Default: the spec's gate.max_drop.")
@@ -354,41 +324,20 @@ def gate(
     Example:
       uverify gate --baseline before.json --candidate after.json --metric certified_accuracy --max-drop 0.02
     """
-    from uverify.files import ensure_writable_dir
-    from uverify.specs.schema import GateSpec
-    from uverify.verifier.compare import gate as run_gate
-    from uverify.verifier.compare import write_junit
-    from uverify.verifier.report import load_report
+    from uverify.verifier.compare import gate_reports
 
-    base, cand = load_report(baseline), load_report(candidate)
-    if spec_ref is not None:
-        from uverify.specs import load_spec
-
-        defaults = load_spec(spec_ref).gate
-    else:
-        try:
-            defaults = GateSpec.model_validate(base.spec.get("gate", {}))
-        except ValueError:
-            raise UverifyError(f"report {baseline}: its spec's gate section is not valid") from None
-    if junit:
-        ensure_writable_dir(junit.parent)
-    result = run_gate(
-        base,
-        cand,
-        metric or defaults.metric,
-        defaults.max_drop if max_drop is None else max_drop,
-    )
+    result = gate_reports(baseline, candidate, metric=metric, max_drop=max_drop, spec_ref=spec_ref, junit=junit)
     click.echo(result.summary())
     if junit:
-        write_junit(result, junit, str(baseline), str(candidate))
         click.echo(f"junit: {junit}")
     if not result.passed:
         raise SystemExit(ExitStatus.GATE_FAILED)
 
 
 def _describe(name: str, run: Any) -> str:
+    accuracy = "n/a" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
     return (
-        f"{run.training:>11} {run.method} {name}: clean test accuracy {run.test_accuracy:.4f} (onnxruntime), "
+        f"{run.training:>11} {run.method} {name}: clean test accuracy {accuracy} (onnxruntime), "
         f"train {run.train_accuracy:.4f}, export max|diff| {run.export_max_abs_diff:.1e}, "
         f"{run.seconds:.1f} s -> {run.model_path}"
     )

@@ -29,17 +29,21 @@ from uverify.datasets import Domain, Splits, load
 from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
 from uverify.files import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
+from uverify.kinds import Training, UnlearningMethod
+from uverify.pipeline import train_run, unlearn_run
+from uverify.rundir import DeleteRequest, Run, RunDir, When, is_run, keep_m, open_run
 from uverify.specs.schema import Spec, spec_sha256
+from uverify.verifier.check import check
 from uverify.verifier.report import Report, load_report, save_report
+from uverify.verifier.samples import Samples, samples_from_spec
 
-METHODS = ("sisa", "amnesiac")
-TRAININGS = ("standard", "adversarial")
-METHOD_NAMES = {"sisa": "SISA", "amnesiac": "Amnesiac"}
-QUESTIONS = {
-    "RQ1": ("standard", "before"),
-    "RQ2": ("adversarial", "before"),
-    "RQ3": ("standard", "after"),
-    "RQ4": ("adversarial", "after"),
+METHODS = tuple(UnlearningMethod)
+TRAININGS = tuple(Training)
+QUESTIONS: dict[str, tuple[Training, When]] = {
+    "RQ1": (Training.STANDARD, "before"),
+    "RQ2": (Training.ADVERSARIAL, "before"),
+    "RQ3": (Training.STANDARD, "after"),
+    "RQ4": (Training.ADVERSARIAL, "after"),
 }
 ROBUSTNESS = {
     "pgd": ("pgd_accuracy", "gap_pgd", "PGD"),
@@ -49,8 +53,8 @@ ROBUSTNESS = {
 
 @dataclass(frozen=True)
 class CellResult:
-    method: str
-    training: str
+    method: UnlearningMethod
+    training: Training
     run: Path
     before: Report
     after: Report
@@ -68,7 +72,7 @@ class StudyResult:
     seconds: float
 
 
-def cell_spec(spec: Spec, method: str) -> Spec:
+def cell_spec(spec: Spec, method: UnlearningMethod) -> Spec:
     unlearning = spec.unlearning.model_copy(update={"method": method})
     return spec.model_copy(update={"unlearning": unlearning})
 
@@ -82,8 +86,6 @@ def study(
     echo: Callable[[str], None] = print,
 ) -> StudyResult:
     """Run (or resume) the whole grid and write the tables and plots into `out`."""
-    from uverify.verifier.check import samples_from_spec
-
     started = time.perf_counter()
     out = Path(out)
     ensure_writable_dir(out)
@@ -99,7 +101,9 @@ def study(
     cells = []
     for method in methods:
         for training in TRAININGS:
-            cells.append(_cell(cell_spec(spec, method), training, out, splits, samples, domain, progress, echo))
+            cells.append(
+                _cell(cell_spec(spec, UnlearningMethod(method)), training, out, splits, samples, domain, progress, echo)
+            )
     tables = study_tables(spec.name, cells)
     md = atomic_write_bytes(out / "tables.md", render_tables_markdown(spec, tables).encode("utf-8"))
     js = atomic_write_json(out / "tables.json", tables)
@@ -115,8 +119,8 @@ def study(
                     "method": c.method,
                     "training": c.training,
                     "run": str(c.run),
-                    "report_before": str(c.run / "report_before.json"),
-                    "report_after": str(c.run / "report_after.json"),
+                    "report_before": str(RunDir(c.run).report_file("before")),
+                    "report_after": str(RunDir(c.run).report_file("after")),
                     "deleted": len(c.deletion.get("ids", [])),
                     "unlearning_seconds": c.deletion.get("metrics", {}).get("seconds", {}).get("unlearn"),
                     "unlearning_accuracy": c.deletion.get("metrics", {}).get("accuracy"),
@@ -135,10 +139,10 @@ def study(
 
 def _cell(
     spec: Spec,
-    training: str,
+    training: Training,
     out: Path,
     splits: Splits,
-    samples: Any,
+    samples: Samples,
     domain: Domain,
     progress: bool,
     echo: Callable[[str], None],
@@ -146,31 +150,25 @@ def _cell(
     """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
     is already there and still valid; the copy of M lets a changed property or attack re-check M
     without retraining."""
-    from uverify.pipeline import train_run, unlearn_run
-    from uverify.unlearning.run import open_run
-    from uverify.verifier.check import check
-
     method = spec.unlearning.method
     run_dir = out / f"{method}-{training}"
-    name = f"{METHOD_NAMES[method]} {training}"
+    name = f"{method.display_name} {training}"
     digest = spec_sha256(spec)
     reused = []
-    before_path, after_path = run_dir / "report_before.json", run_dir / "report_after.json"
 
     run = _trained_run(run_dir, spec, training)
-    if run is not None and not _kept_m(run).is_file():
+    if run is not None and not run.kept_m_path.is_file():
         run = None if run.info.deleted > 0 else run  # M is gone and no copy was kept: train again
     if run is not None and run.info.deleted > 0 and not _deleted_as_requested(run, spec, splits):
         run = None  # deletions made outside the study (or another request): M' is not this study's
     if run is None:
         echo(f"[{name}] training")
-        train_run(spec, run_dir, adversarial=training == "adversarial", splits=splits, progress=progress)
+        train_run(spec, run_dir, adversarial=training is Training.ADVERSARIAL, splits=splits, progress=progress)
         run = open_run(run_dir)
     else:
         reused.append("train")
-    m_path = _kept_m(run)
-    if not m_path.is_file():
-        _keep_m(run)
+    m_path = run.kept_m_path if run.kept_m_path.is_file() else keep_m(run)
+    before_path, after_path = run.dir.report_file("before"), run.dir.report_file("after")
     before = _valid_report(before_path, digest, m_path)
     if before is None:
         echo(f"[{name}] checking M")
@@ -179,11 +177,8 @@ def _cell(
     else:
         reused.append("check M")
     if run.info.deleted == 0:
-        delete = spec.unlearning.delete
-        echo(f"[{name}] unlearning ({'ids ' + str(delete.ids) if delete.ids else f'{delete.fraction:g} of the data'})")
-        unlearn_run(
-            run_dir, ids_file=delete.ids, fraction=delete.fraction, seed=delete.seed, splits=splits, progress=progress
-        )
+        echo(f"[{name}] unlearning ({DeleteRequest.from_spec(spec.unlearning.delete).describe()})")
+        unlearn_run(run_dir, from_spec=True, splits=splits, progress=progress)
         run = open_run(run_dir)
     else:
         reused.append("unlearn")
@@ -198,44 +193,15 @@ def _cell(
     return CellResult(method, training, run_dir, before, after, log[-1] if log else {}, reused)
 
 
-def _deleted_as_requested(run: Any, spec: Spec, splits: Splits) -> bool:
-    from uverify.unlearning.run import read_id_file, sample_fraction
-
-    delete = spec.unlearning.delete
-    if delete.ids is not None:
-        requested = read_id_file(delete.ids)
-    else:
-        assert delete.fraction is not None
-        requested = sample_fraction(splits.train.ids, delete.fraction, delete.seed)
+def _deleted_as_requested(run: Run, spec: Spec, splits: Splits) -> bool:
+    requested = DeleteRequest.from_spec(spec.unlearning.delete).resolve(splits.train.ids, f"run {run.path}")
     return bool(np.array_equal(run.deleted_ids(), requested))
 
 
-KEPT_M = "M"  # the run's subfolder holding a copy of M's model file(s), taken before the deletion
-
-
-def _kept_m(run: Any) -> Path:
-    return run.path / KEPT_M / run.info.model
-
-
-def _keep_m(run: Any) -> None:
-    """Copy M's ONNX file (or vote manifest and member files) into <run>/M/, atomically per file."""
-    from uverify.files import atomic_write_bytes
-
-    files = [run.model_path]
-    if run.model_path.suffix == ".json":
-        from uverify.verifier.vote import read_vote_manifest
-
-        files += read_vote_manifest(run.model_path)[1]
-    for file in files[1:] + files[:1]:  # the manifest last: it is what marks the copy complete
-        atomic_write_bytes(run.path / KEPT_M / file.relative_to(run.path), file.read_bytes())
-
-
-def _trained_run(run_dir: Path, spec: Spec, training: str) -> Any:
+def _trained_run(run_dir: Path, spec: Spec, training: Training) -> Run | None:
     """The cell's run if it was trained with this spec's data, model, training and unlearning sections
     (the property, bounds and attack may differ: they only need new checks), else None."""
-    from uverify.unlearning.run import open_run
-
-    if not (run_dir / "run.json").is_file():
+    if not is_run(run_dir):
         return None
     try:
         run = open_run(run_dir)
@@ -313,7 +279,7 @@ def render_tables_markdown(spec: Spec, tables: dict[str, Any]) -> str:
         for question, rows in tables[kind].items():
             methods = [m for m in METHODS if m in rows[0]]
             lines += [f"### {question}: {_QUESTION_TEXT[question]}", ""]
-            header = ["Dataset", *[f"{METHOD_NAMES[m]} {col}" for m in methods for col in ("ACC", "R-ACC", "Gap")]]
+            header = ["Dataset", *[f"{m.display_name} {col}" for m in methods for col in ("ACC", "R-ACC", "Gap")]]
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "|".join(["---", *["---:" for _ in header[1:]]]) + "|")
             for row in rows:
@@ -358,7 +324,7 @@ def plot_study(dataset: str, cells: list[CellResult], folder: Path) -> list[Path
                                 label=f"{label} (PGD)")  # fmt: skip
                         ax.plot(eps, [r.certified_accuracy for r in report.results], color=color, marker=marker,
                                 linestyle="--", label=f"{label} (certified)")  # fmt: skip
-            ax.set(xlabel="epsilon", ylabel=title, ylim=(0, 1.02), title=f"{METHOD_NAMES[method]} {title}: {dataset}")
+            ax.set(xlabel="epsilon", ylabel=title, ylim=(0, 1.02), title=f"{method.display_name} {title}: {dataset}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
             written.append(_save(fig, folder / f"{method}_{metric}.png"))
@@ -372,7 +338,7 @@ def plot_study(dataset: str, cells: list[CellResult], folder: Path) -> list[Path
                 [r.certified_accuracy for r in report.results],
                 color=color,
                 marker=marker if cell.method == "sisa" else "^",
-                label=f"{METHOD_NAMES[cell.method]} {label}",
+                label=f"{cell.method.display_name} {label}",
             )
     ax.plot([0, 1], [0, 1], color="gray", linewidth=1, label="certified = PGD")
     ax.set(xlabel="PGD robust accuracy", ylabel="certified robust accuracy", xlim=(0, 1.02), ylim=(0, 1.02))

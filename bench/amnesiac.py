@@ -29,12 +29,12 @@ from torch import nn
 
 from uverify.datasets import Dataset, Splits, load
 from uverify.datasets.fixtures import write_loan_csv
-from uverify.specs import load_spec
+from uverify.rundir import DeleteRequest
+from uverify.specs.load import load_spec
 from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.amnesiac import AMNESIAC_DIR, UPDATES_FILE, Amnesiac
 from uverify.unlearning.metrics import accuracy_on, membership_auc
 from uverify.unlearning.retrain import retrain, trainer_for
-from uverify.unlearning.run import sample_fraction
 
 FRACTIONS = (0.001, 0.01, 0.05)
 
@@ -113,7 +113,7 @@ def bench(training: str, splits: Splits, repeats: int, workdir: Path) -> None:
     methods = {r: Amnesiac(spec_for(repair_epochs=r), train, adversarial) for r in (0, 1)}
     rows = []
     for fraction in FRACTIONS:
-        ids = sample_fraction(train.ids, fraction, seed=0)
+        ids = DeleteRequest.build(fraction=fraction, seed=0).resolve(train.ids, "the bench's training set")
         started = time.perf_counter()
         retrained = retrain(spec, train, adversarial, ids, progress=False)
         retrain_s = time.perf_counter() - started

@@ -30,7 +30,7 @@ import torch
 
 from uverify.datasets import Splits, load
 from uverify.datasets.fixtures import write_loan_csv
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 from uverify.specs.schema import Spec
 from uverify.unlearning.metrics import accuracy_on
 from uverify.unlearning.sisa import Sisa

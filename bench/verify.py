@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from uverify.attacks import margin_loss, pgd_for
 from uverify.datasets import Dataset, load
 from uverify.models import build_model, export_onnx
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 from uverify.unlearning.train import Trainer
 from uverify.verifier import lirpa_compat
-from uverify.verifier.attacks import margin_loss, pgd_for
 from uverify.verifier.bounds import Bounder, spec_matrix, verified
 from uverify.verifier.onnx_import import import_onnx
 

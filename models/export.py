@@ -21,8 +21,9 @@ import onnx
 import torch
 from torch import nn
 
-from uverify.errors import ExportError, ModelError
+from uverify.errors import ExportError, ModelError, one_line
 from uverify.files import atomic_write_bytes
+from uverify.models.referee import agreement
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -66,8 +67,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX export failed: {first}") from exc
+            raise ExportError(f"ONNX export failed: {one_line(exc)}") from exc
     if program is None:
         raise ExportError("ONNX export produced no program")
     proto = program.model_proto
@@ -76,25 +76,14 @@ def export_onnx(
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
-    diff = max_abs_diff_vs_onnxruntime(model, data, samples)
-    if not diff <= MAX_ABS_DIFF:  # logits of our own models are O(10): an absolute bound suffices
+    check = agreement(model, data, samples)
+    diff = check.max_abs_diff
+    if not check.within(MAX_ABS_DIFF, relative=False):  # logits of our own models are O(10): absolute suffices
         raise ExportError(
             f"ONNX export of {type(model).__name__} disagrees with torch: max |logit diff| {diff:.3g} > {MAX_ABS_DIFF}"
         )
     atomic_write_bytes(path, data)
     return ExportReport(Path(path), diff, sorted({n.op_type for n in proto.graph.node}), OPSET, props)
-
-
-@torch.no_grad()
-def max_abs_diff_vs_onnxruntime(model: nn.Module, onnx_bytes: bytes, samples: np.ndarray) -> float:
-    """Largest absolute logit difference between torch and onnxruntime on the same samples."""
-    from uverify.verifier.referee import Referee
-
-    expected = model.eval()(torch.from_numpy(np.ascontiguousarray(samples))).numpy()
-    got = Referee(onnx_bytes).outputs(samples)
-    if got.shape != expected.shape:
-        return float("inf")
-    return float(np.max(np.abs(got - expected))) if got.size else 0.0
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

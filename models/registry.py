@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from uverify.errors import ModelError
+from uverify.specs.schema import CnnSpec, MlpSpec, ModelSpec
 
 
-def _mlp(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _mlp(spec: MlpSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     width = int(np.prod(input_shape))
     layers: list[nn.Module] = [nn.Flatten()]
     for hidden in spec.hidden:
@@ -27,7 +28,7 @@ def _mlp(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module
     return nn.Sequential(*layers)
 
 
-def _cnn(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _cnn(spec: CnnSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(input_shape) != 3:
         raise ModelError(f"model.arch cnn needs image input (channels, height, width); the data gives {input_shape}")
     channels, height, width = input_shape
@@ -54,7 +55,7 @@ def registered() -> list[str]:
     return list(_ARCHS)
 
 
-def build_model(spec: Any, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """A freshly initialised model; the seed fixes the initial weights."""
     if spec.arch not in _ARCHS:
         raise ModelError(f"model.arch {spec.arch!r} is not registered (known: {', '.join(_ARCHS)})")
@@ -72,3 +73,8 @@ def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> n
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
     finally:
         model.train(was_training)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float | None:
+    """The share of rows whose argmax is the label; None for no rows (an empty split has no accuracy)."""
+    return float((logits.argmax(1) == y).mean()) if len(y) else None

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from uverify.specs.schema import Spec, validate_spec
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec
 
 from helpers import tiny_spec_dict
 

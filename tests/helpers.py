@@ -30,7 +30,7 @@ def assert_one_line_error(excinfo: Any, *needles: str) -> str:
 
 def tiny_image_study_spec(name: str, data: dict[str, Any], delete_fraction: float) -> Any:
     """A study spec small enough for a test: a 4-channel cnn, 4 epochs, one epsilon, 2 SISA shards."""
-    from uverify.specs.schema import validate_spec
+    from uverify.specs.load import validate_spec
 
     return validate_spec(
         tiny_spec_dict(

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from uverify.cli import cli
 from uverify.datasets import load
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 
 from helpers import tiny_spec_dict
 

@@ -8,10 +8,11 @@ import pytest
 
 from uverify.datasets import load
 from uverify.errors import ExportError, UverifyError
+from uverify.models.referee import Referee
 from uverify.pipeline import train_run, unlearn_run
-from uverify.specs.schema import Spec, validate_spec
-from uverify.unlearning.run import open_run
-from uverify.verifier.referee import Referee
+from uverify.rundir import open_run
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec
 
 from helpers import tiny_spec_dict
 
@@ -30,7 +31,7 @@ def test_a_failed_run_leaves_the_previous_run_whole(
     def broken(*args: object, **kwargs: object) -> None:
         raise ExportError("simulated export failure")
 
-    monkeypatch.setattr("uverify.pipeline.export_onnx", broken)
+    monkeypatch.setattr("uverify.unlearning.sisa.export_onnx", broken)  # the method exports
     with pytest.raises(ExportError):
         train_run(tiny_spec, out, adversarial=False, progress=False)
     assert _snapshot(out) == before
@@ -187,7 +188,7 @@ def test_a_damaged_deletion_record_is_one_line(sisa_run: Path, tmp_path: Path) -
 
 
 def test_id_files_with_a_byte_order_mark_or_huge_numbers(tmp_path: Path) -> None:
-    from uverify.unlearning.run import read_id_file
+    from uverify.rundir import read_id_file
 
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf12\n7\n")  # as Windows editors save UTF-8
     assert list(read_id_file(tmp_path / "bom.txt")) == [7, 12]

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from uverify.cli import cli
-from uverify.specs.schema import Spec, validate_spec
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec
 from uverify.study import METHODS, TRAININGS, StudyResult, study
 
 from helpers import tiny_spec_dict
@@ -139,7 +140,7 @@ def test_a_deletion_made_outside_the_study_is_not_taken_for_the_spec_s(finished:
     import numpy as np
 
     from uverify.pipeline import unlearn_run
-    from uverify.unlearning.run import open_run
+    from uverify.rundir import open_run
 
     out = tmp_path / "out"
     shutil.copytree(finished.out, out)

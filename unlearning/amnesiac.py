@@ -57,13 +57,23 @@ from torch.nn.utils import parameters_to_vector
 
 from uverify.datasets import Dataset
 from uverify.errors import ModelError, UverifyError
-from uverify.files import atomic_write, atomic_write_json, atomic_write_npy, read_int_vector, sha256_file
-from uverify.models import build_model
+from uverify.files import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_npz,
+    read_int_vector,
+    read_npz,
+    sha256_file,
+)
+from uverify.kinds import UnlearningMethod
+from uverify.models import ExportReport, build_model, export_onnx
+from uverify.rundir import RunDir
 from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.retrain import retrain, trainer_for
 from uverify.unlearning.train import Trainer
 
-AMNESIAC_DIR = "amnesiac"
+AMNESIAC_DIR = UnlearningMethod.AMNESIAC.value  # the folder RunDir.method_dir gives the store
 UPDATES_FILE = "updates.npy"
 INDEX_FILE = "batches.npz"
 STORE_FILE = "store.json"
@@ -152,7 +162,10 @@ class _Recorder:
 
 
 class Amnesiac:
-    """Training with recorded updates, loading, and deletion by subtraction plus repair, in a run directory."""
+    """Training with recorded updates, loading, deletion by subtraction plus repair, and export, in a run
+    directory."""
+
+    kind = UnlearningMethod.AMNESIAC
 
     def __init__(self, spec: Spec, train: Dataset, adversarial: AdversarialSpec | None) -> None:
         self.spec = spec
@@ -205,18 +218,22 @@ class Amnesiac:
         )
 
     # ------------------------------------------------------------------------------------ files
+    @staticmethod
+    def _folder(run: Path) -> Path:
+        return RunDir(run).method_dir(UnlearningMethod.AMNESIAC)
+
     def check_files(self, run: Path) -> None:
         self._open_store(run)
-        if not (run / AMNESIAC_DIR / WEIGHTS_FILE).is_file():
+        if not (self._folder(run) / WEIGHTS_FILE).is_file():
             raise UverifyError(f"run {run}: {AMNESIAC_DIR}/{WEIGHTS_FILE} is missing (a half-written run?)")
 
     def storage_bytes(self, run: Path) -> int:
-        folder = run / AMNESIAC_DIR
+        folder = self._folder(run)
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
     def _open_store(self, run: Path) -> Store:
         """The run's store, checked against the spec's model and training set; any mismatch is one line."""
-        folder = run / AMNESIAC_DIR
+        folder = self._folder(run)
         where = f"run {run}: {AMNESIAC_DIR}/"
         n_params = self.n_params
         try:
@@ -263,12 +280,10 @@ class Amnesiac:
                 raise UverifyError(
                     f"{where}{INDEX_FILE} is not the index {STORE_FILE} describes (replaced or damaged?)"
                 )
-            with np.load(folder / INDEX_FILE, allow_pickle=False) as index:
-                ids, offsets, epoch = index["ids"], index["offsets"], index["epoch"]
         except FileNotFoundError:
             raise UverifyError(f"{where}{INDEX_FILE} is missing") from None
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise UverifyError(f"{where}{INDEX_FILE} is not readable ({exc})") from None
+        index = read_npz(folder / INDEX_FILE, f"{where}{INDEX_FILE}", ("ids", "offsets", "epoch"))
+        ids, offsets, epoch = index["ids"], index["offsets"], index["epoch"]
         consistent = (
             offsets.shape == (updates.shape[0] + 1,)
             and epoch.shape == (updates.shape[0],)
@@ -286,7 +301,7 @@ class Amnesiac:
 
     def _subtracted(self, run: Path, store: Store) -> np.ndarray:
         name = f"run {run}: {AMNESIAC_DIR}/{SUBTRACTED_FILE}"
-        done = read_int_vector(run / AMNESIAC_DIR / SUBTRACTED_FILE, name)
+        done = read_int_vector(self._folder(run) / SUBTRACTED_FILE, name)
         if np.any((done < 0) | (done >= store.batches)):
             raise UverifyError(f"{name} must list batch indices of the store")
         return np.unique(done)
@@ -297,7 +312,7 @@ class Amnesiac:
         trainer = trainer_for(self.spec, self.train, self.adversarial)
         model = trainer.model
         check_no_buffers(model)
-        folder = run / AMNESIAC_DIR
+        folder = self._folder(run)
         n_params = sum(p.numel() for p in model.parameters())
         history: list[dict[str, Any]] = []
         recorded: list[np.ndarray] = []
@@ -316,11 +331,9 @@ class Amnesiac:
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in recorded])]).astype(np.int64)
         epoch = (np.arange(self.batches) // self.per_epoch + 1).astype(np.int32)
 
-        def write_index(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, ids=np.concatenate(recorded).astype(np.int64), offsets=offsets, epoch=epoch)
-
-        atomic_write(folder / INDEX_FILE, write_index)
+        atomic_write_npz(
+            folder / INDEX_FILE, {"ids": np.concatenate(recorded).astype(np.int64), "offsets": offsets, "epoch": epoch}
+        )
         self._save_weights(run, model)
         dtype = np.dtype(self.cfg.dtype)
         atomic_write_json(
@@ -351,7 +364,7 @@ class Amnesiac:
         return retrain(self.spec, self.train, self.adversarial, deleted, progress=progress)
 
     def load(self, run: Path) -> nn.Module:
-        path = run / AMNESIAC_DIR / WEIGHTS_FILE
+        path = self._folder(run) / WEIGHTS_FILE
         model = self._model()
         try:
             tensors = load_safetensors(path.read_bytes())
@@ -367,7 +380,11 @@ class Amnesiac:
 
     def _save_weights(self, run: Path, model: nn.Module) -> None:
         state = {name: t.detach().contiguous().clone() for name, t in model.state_dict().items()}
-        atomic_write(run / AMNESIAC_DIR / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+        atomic_write(self._folder(run) / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+
+    def export(self, model: nn.Module, run: Path, samples: np.ndarray, metadata: dict[str, Any]) -> ExportReport:
+        """One model, one graph."""
+        return export_onnx(model, RunDir(run).model_file, samples, metadata)
 
     # --------------------------------------------------------------------------------- deletion
     def unlearn(
@@ -400,7 +417,7 @@ class Amnesiac:
 
         self._save_weights(run, model)
         subtracted = np.union1d(done, fresh).astype(np.int64)
-        atomic_write_npy(run / AMNESIAC_DIR / SUBTRACTED_FILE, subtracted)
+        atomic_write_npy(self._folder(run) / SUBTRACTED_FILE, subtracted)
         touched = {
             "batches_subtracted": len(fresh),
             "batches_already_subtracted": len(holding) - len(fresh),

@@ -18,12 +18,13 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from uverify.datasets import Dataset
+from uverify.kinds import Aggregation
 from uverify.models import predict_logits
 
 
 def outputs_are_probabilities(model: nn.Module) -> bool:
     """SISA's mean_softmax and majority_vote ensembles output class shares, not logits."""
-    return getattr(model, "aggregation", "mean_logits") in ("mean_softmax", "majority_vote")
+    return Aggregation(getattr(model, "aggregation", Aggregation.MEAN_LOGITS)) != Aggregation.MEAN_LOGITS
 
 
 def per_sample_loss(model: nn.Module, data: Dataset) -> np.ndarray:

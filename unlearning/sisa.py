@@ -16,7 +16,7 @@ shard's training, and the expected speed-up over retraining one model on all dat
 Aggregation: mean_logits (default) and mean_softmax are one torch module, exported as one ONNX graph
 (an Add chain times 1/S: auto_LiRPA 0.3 cannot bound torch.stack(...).mean(0)) so CROWN bounds the
 whole ensemble; majority_vote counts each shard's argmax (ties go to the lowest class) and is exported
-shard by shard (see verifier/vote.py).
+shard by shard with a vote manifest (see models/vote.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pickle  # only for its error type: checkpoints are read with weights_only
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,15 +34,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from uverify.datasets import Dataset
-from uverify.errors import UverifyError
-from uverify.files import atomic_write
-from uverify.models import build_model
+from uverify.errors import UverifyError, one_line
+from uverify.files import atomic_write, atomic_write_npz, read_npz
+from uverify.kinds import Aggregation, UnlearningMethod
+from uverify.models import ExportReport, build_model, export_onnx
+from uverify.models.vote import write_vote_manifest
+from uverify.rundir import RunDir
 from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.train import Trainer
 
-SISA_DIR = "sisa"
 MANIFEST_FILE = "manifest.npz"
-Aggregation = Literal["mean_logits", "mean_softmax", "majority_vote"]
 
 
 def slice_epochs(epochs: int, slices: int) -> int:
@@ -100,21 +101,13 @@ class Manifest:
         return self.shard[order][pos], self.slice[order][pos]
 
     def save(self, path: Path) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(
-                    handle, ids=self.ids, shard=self.shard, slice=self.slice, shape=np.array([self.shards, self.slices])
-                )
-
-        atomic_write(path, write)
+        shape = np.array([self.shards, self.slices])
+        atomic_write_npz(path, {"ids": self.ids, "shard": self.shard, "slice": self.slice, "shape": shape})
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                ids, shard, slice_, shape = data["ids"], data["shard"], data["slice"], data["shape"]
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise UverifyError(f"SISA manifest {path}: not readable ({exc})") from None
+        data = read_npz(path, f"SISA manifest {path}", ("ids", "shard", "slice", "shape"))
+        ids, shard, slice_, shape = data["ids"], data["shard"], data["slice"], data["shape"]
         if not (len(ids) == len(shard) == len(slice_)) or shape.shape != (2,):
             raise UverifyError(f"SISA manifest {path}: arrays of different lengths")
         return cls(ids.astype(np.int64), shard.astype(np.int32), slice_.astype(np.int32), int(shape[0]), int(shape[1]))
@@ -129,19 +122,19 @@ class SisaEnsemble(nn.Module):
     def __init__(self, members: list[nn.Module], aggregation: Aggregation) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.aggregation = aggregation
+        self.aggregation = Aggregation(aggregation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
         for member in self.members:
             out = member(x)
-            if self.aggregation == "mean_softmax":
+            if self.aggregation == Aggregation.MEAN_SOFTMAX:
                 out = torch.softmax(out, dim=1)
-            elif self.aggregation == "majority_vote":
+            elif self.aggregation == Aggregation.MAJORITY_VOTE:
                 out = nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
             total = out if total is None else total + out
         assert total is not None
-        return total if self.aggregation == "majority_vote" else total * (1.0 / len(self.members))
+        return total if self.aggregation == Aggregation.MAJORITY_VOTE else total * (1.0 / len(self.members))
 
 
 @dataclass(frozen=True)
@@ -158,7 +151,9 @@ class SliceLog:
 
 
 class Sisa:
-    """Training, loading and deletion of a SISA ensemble inside a run directory."""
+    """Training, loading, deletion and export of a SISA ensemble inside a run directory."""
+
+    kind = UnlearningMethod.SISA
 
     def __init__(self, spec: Spec, train: Dataset, adversarial: AdversarialSpec | None) -> None:
         self.spec = spec
@@ -172,15 +167,15 @@ class Sisa:
     # ------------------------------------------------------------------------------------ files
     @staticmethod
     def checkpoint(run: Path, shard: int, slice_: int) -> Path:
-        return run / SISA_DIR / f"shard_{shard:03d}" / f"slice_{slice_ + 1:03d}.pt"
+        return RunDir(run).method_dir(UnlearningMethod.SISA) / f"shard_{shard:03d}" / f"slice_{slice_ + 1:03d}.pt"
 
     @staticmethod
     def weights(run: Path, shard: int) -> Path:
         """The shard's final weights alone (the last checkpoint also holds optimiser state)."""
-        return run / SISA_DIR / f"shard_{shard:03d}" / "model.safetensors"
+        return RunDir(run).method_dir(UnlearningMethod.SISA) / f"shard_{shard:03d}" / "model.safetensors"
 
     def manifest(self, run: Path) -> Manifest:
-        manifest = Manifest.load(run / SISA_DIR / MANIFEST_FILE)
+        manifest = Manifest.load(self._manifest_file(run))
         if (manifest.shards, manifest.slices) != (self.cfg.shards, self.cfg.slices):
             raise UverifyError(
                 f"run {run}: the manifest has {manifest.shards}x{manifest.slices} shards x slices, the spec "
@@ -197,7 +192,11 @@ class Sisa:
             raise UverifyError(f"run {run}: SISA file {missing[0].relative_to(run)} is missing")
 
     def storage_bytes(self, run: Path) -> int:
-        return sum(p.stat().st_size for p in (run / SISA_DIR).rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in RunDir(run).method_dir(self.kind).rglob("*") if p.is_file())
+
+    @staticmethod
+    def _manifest_file(run: Path) -> Path:
+        return RunDir(run).method_dir(UnlearningMethod.SISA) / MANIFEST_FILE
 
     # --------------------------------------------------------------------------------- training
     def fit(
@@ -207,7 +206,7 @@ class Sisa:
         all checkpoints; `exclude` leaves ids out (the exactness baseline: SISA without them)."""
         manifest = manifest or Manifest.build(self.train.ids, self.cfg.shards, self.cfg.slices, self.spec.train.seed)
         exclude = np.zeros(0, np.int64) if exclude is None else exclude
-        manifest.save(run / SISA_DIR / MANIFEST_FILE)
+        manifest.save(self._manifest_file(run))
         members, logs = [], []
         for k in range(self.cfg.shards):
             trainer, shard_logs = self._train_shard(run, manifest, k, 0, exclude, progress)
@@ -232,7 +231,7 @@ class Sisa:
         try:
             model.load_state_dict(load_file(str(path)))
         except (OSError, RuntimeError, SafetensorError) as exc:
-            raise UverifyError(f"SISA weights {path}: not readable ({str(exc).splitlines()[0]})") from None
+            raise UverifyError(f"SISA weights {path}: not readable ({one_line(exc)})") from None
         return model.eval()
 
     def unlearn(
@@ -265,6 +264,22 @@ class Sisa:
             )
         return self.load(run), touched
 
+    def export(self, model: nn.Module, run: Path, samples: np.ndarray, metadata: dict[str, Any]) -> ExportReport:
+        """mean_logits and mean_softmax: the ensemble as one graph. majority_vote: each member as its own
+        graph (a vote is not a graph bound propagation passes through) and a manifest listing them."""
+        folder = RunDir(run)
+        metadata = metadata | {"sisa": self.cfg.model_dump(mode="json")}
+        if self.cfg.aggregation != Aggregation.MAJORITY_VOTE:
+            return export_onnx(model, folder.model_file, samples, metadata)
+        assert isinstance(model, SisaEnsemble)
+        reports = [
+            export_onnx(member, folder.shard_file(k), samples, metadata | {"sisa_shard": k})
+            for k, member in enumerate(model.members)
+        ]
+        write_vote_manifest(folder.vote_file, [r.path for r in reports])
+        ops = sorted({op for r in reports for op in r.ops})
+        return ExportReport(folder.vote_file, max(r.max_abs_diff for r in reports), ops, reports[0].opset)
+
     def _trainer(self, shard: int, run: Path | None = None, after_slice: int = -1) -> Trainer:
         """Shard `shard`'s trainer, fresh (after_slice -1) or as the checkpoint after `after_slice` left it."""
         seed = shard_seed(self.spec.train.seed, shard)
@@ -277,8 +292,7 @@ class Sisa:
                 state = torch.load(path, weights_only=True)
                 trainer.load_state_dict(state)
             except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-                raise UverifyError(f"SISA checkpoint {path}: not readable ({reason})") from None
+                raise UverifyError(f"SISA checkpoint {path}: not readable ({one_line(exc)})") from None
             trainer.model.eval()
         return trainer
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from uverify.attacks import PGD, pgd_for
 from uverify.datasets import Dataset
 from uverify.specs.schema import AdversarialSpec, TrainSpec
-from uverify.verifier.attacks import PGD, pgd_for
 
 StepHook = Callable[[np.ndarray], None]  # called with the batch's sample ids after optimizer.step()
 
@@ -138,11 +138,3 @@ def _optimizer(model: nn.Module, cfg: TrainSpec) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def accuracy(model: nn.Module, data: Dataset) -> float:
-    from uverify.models import predict_logits
-
-    if len(data) == 0:
-        return float("nan")
-    return float((predict_logits(model, data.X).argmax(1) == data.y).mean())

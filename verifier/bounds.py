@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from uverify.errors import UverifyError
+from uverify.errors import UverifyError, one_line
+from uverify.kinds import BoundMethod, Norm, canonical_norm, values
 from uverify.verifier import lirpa_compat
 
 __all__ = [
@@ -48,8 +49,8 @@ __all__ = [
     "verified",
 ]
 
-METHODS = ("IBP", "CROWN-IBP", "CROWN", "alpha-CROWN")
-NORMS = ("inf", "2", "1")
+METHODS = tuple(values(BoundMethod))
+NORMS = tuple(values(Norm))
 
 # Our method names → auto_LiRPA's `compute_bounds(method=...)`.
 _LIRPA_METHOD = {
@@ -59,17 +60,6 @@ _LIRPA_METHOD = {
     "alpha-CROWN": "CROWN-Optimized",
 }
 _METHOD_ALIASES = {m.lower(): m for m in METHODS} | {"crown-optimized": "alpha-CROWN"}
-_NORM_ALIASES = {
-    "inf": "inf",
-    "linf": "inf",
-    "infinity": "inf",
-    "2": "2",
-    "2.0": "2",
-    "l2": "2",
-    "1": "1",
-    "1.0": "1",
-    "l1": "1",
-}
 _NORM_VALUE = {"inf": math.inf, "2": 2.0, "1": 1.0}
 # BoundedModules kept per batch size (see `Bounder._bounded`); a run has one or two sizes.
 _MAX_CACHED = 4
@@ -94,10 +84,10 @@ def parse_method(method: str) -> str:
 
 def parse_norm(norm: str | float) -> str:
     """'inf', '2' or '1' (also accepts math.inf, 2, 1, 'Linf', 'L2', 'L1')."""
-    canonical = _NORM_ALIASES.get(str(norm).strip().lower())
-    if canonical is None:
+    canonical = canonical_norm(norm)
+    if canonical not in NORMS:
         raise BoundsError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    return canonical
+    return str(canonical)
 
 
 def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -120,12 +110,6 @@ CERTIFY_MARGIN = 1e-5
 def verified(lower_bounds: torch.Tensor) -> torch.Tensor:
     """Per sample: every margin's lower bound exceeds CERTIFY_MARGIN (NaN counts as not verified)."""
     return (lower_bounds > CERTIFY_MARGIN).all(dim=-1)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _strip_dropout(module: nn.Module) -> None:
@@ -177,7 +161,7 @@ class Bounder:
         try:
             model = copy.deepcopy(module)
         except Exception as error:
-            raise BoundsError(f"the model cannot be copied for bounding: {_one_line(error)}") from error
+            raise BoundsError(f"the model cannot be copied for bounding: {one_line(error, with_type=True)}") from error
         _strip_dropout(model)
         model.eval()
         model.requires_grad_(False)
@@ -195,7 +179,7 @@ class Bounder:
                 out = model(torch.zeros((1, *self.input_shape), dtype=self.dtype, device=self.device))
         except Exception as error:
             raise BoundsError(
-                f"the model does not run on inputs of shape {self.input_shape}: {_one_line(error)}"
+                f"the model does not run on inputs of shape {self.input_shape}: {one_line(error, with_type=True)}"
             ) from error
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 2:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -225,7 +209,7 @@ class Bounder:
                     self._model, dummy, bound_opts=copy.deepcopy(self._bound_opts), device=self.device
                 )
         except Exception as error:
-            raise BoundsError(f"auto_LiRPA cannot convert this model: {_one_line(error)}") from error
+            raise BoundsError(f"auto_LiRPA cannot convert this model: {one_line(error, with_type=True)}") from error
         lirpa_compat.prepare(bounded)
         entry = (bounded, _lp_breaking_op(bounded))
         self._cache[batch_size] = entry
@@ -292,7 +276,8 @@ class Bounder:
         except Exception as error:
             self._cache.pop(batch, None)  # its internal state may be half-updated
             raise BoundsError(
-                f"auto_LiRPA cannot bound this model with {self.method} for norm {norm}: {_one_line(error)}"
+                f"auto_LiRPA cannot bound this model with {self.method} for norm {norm}: "
+                f"{one_line(error, with_type=True)}"
             ) from error
         if not isinstance(lb, torch.Tensor) or tuple(lb.shape) != (batch, self.num_classes - 1):
             self._cache.pop(batch, None)
@@ -335,7 +320,8 @@ class Bounder:
             return torch.broadcast_to(tensor, x.shape)
         except (RuntimeError, TypeError, ValueError) as error:
             raise BoundsError(
-                f"the domain's {name} bound does not fit inputs of shape {tuple(x.shape)}: {_one_line(error)}"
+                f"the domain's {name} bound does not fit inputs of shape {tuple(x.shape)}: "
+                f"{one_line(error, with_type=True)}"
             ) from error
 
 

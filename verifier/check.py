@@ -16,86 +16,42 @@ run that way.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import time
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from uverify import __version__
-from uverify.datasets import Domain, Splits, load
+from uverify.attacks import PGD, pgd_for
+from uverify.datasets import Domain
 from uverify.errors import UverifyError
-from uverify.files import atomic_write, sha256_file
+from uverify.files import atomic_write_npz, ensure_writable_dir, sha256_file
+from uverify.models.referee import Referee
+from uverify.models.vote import VoteReferee, is_vote_manifest, read_vote_manifest
 from uverify.specs.schema import Spec, spec_sha256
-from uverify.verifier.attacks import pgd_for
-from uverify.verifier.report import Counts, EpsilonResult, Report, SampleRow, Timings
+from uverify.verifier import lirpa_compat
+from uverify.verifier.bounds import Bounder, verified
+from uverify.verifier.counterexamples import Judge, confirm_counterexamples
+from uverify.verifier.onnx_import import load_onnx, onnx_to_torch, validate_against_onnxruntime
+from uverify.verifier.report import Counts, EpsilonResult, Report, SampleRow, Timings, save_report
+from uverify.verifier.samples import Samples, samples_for_check
+from uverify.verifier.vote import MeanOfLogits, vote_margin
 
 IMPORT_CHECK_SAMPLES = 32
 DOMAIN_SLACK = 1e-6  # samples this close outside the domain (float round-off) are clipped into it
+COUNTEREXAMPLE_KEYS = ("ids", "epsilon", "x", "x_adv", "y", "logits")
 
 
 class SoundnessError(RuntimeError):
     """A sample was certified and also has a confirmed counterexample: a bug, never a result."""
-
-
-@dataclass(frozen=True)
-class Samples:
-    x: np.ndarray  # float32 (N, *input_shape)
-    y: np.ndarray  # int64 (N,)
-    ids: np.ndarray  # int64 (N,)
-    source: str
-
-
-def samples_from_spec(spec: Spec, count: int | None = None, splits: Splits | None = None) -> tuple[Samples, Domain]:
-    """`count` (default data.samples) samples of the spec's split, a seeded choice kept in id order
-    (from `splits` when the caller has loaded the data already)."""
-    part = (splits or load(spec.data)).split(spec.data.split)
-    asked = count or spec.data.samples
-    count = min(asked, len(part))
-    rng = np.random.default_rng(spec.data.seed)
-    pick = np.sort(rng.choice(len(part), size=count, replace=False))
-    chosen = part.subset(pick)
-    source = f"{chosen.name}:{spec.data.split}" + (f" (all {count}; {asked} asked)" if asked > count else "")
-    return Samples(chosen.X, chosen.y, chosen.ids, source), part.domain
-
-
-def samples_from_npz(path: str | Path) -> Samples:
-    """Arrays `x` and `y` (and optionally `ids`) from an .npz a user brings; pickles are refused."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise UverifyError(f"samples {path}: a single array, not an .npz with arrays x and y")
-            missing = [k for k in ("x", "y") if k not in data.files]
-            if missing:
-                raise UverifyError(f"samples {path}: no array {' or '.join(map(repr, missing))} (has {data.files})")
-            x, y = data["x"], data["y"]
-            ids = data["ids"] if "ids" in data.files else None
-    except UverifyError:
-        raise
-    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as exc:
-        raise UverifyError(f"samples {path}: not a readable .npz file ({exc})") from None
-    if x.ndim < 2 or y.ndim != 1 or (ids is not None and ids.ndim != 1):
-        raise UverifyError(f"samples {path}: x must be (N, features...) and y, ids (N,); got {x.shape}, {y.shape}")
-    ids = np.arange(len(y)) if ids is None else ids
-    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
-        raise UverifyError(f"samples {path}: x must be real numbers, not {x.dtype}")
-    if not np.isfinite(x.astype(np.float32)).all():
-        raise UverifyError(f"samples {path}: x must be finite float32 numbers")
-    if len(y) != len(x) or len(ids) != len(x):
-        raise UverifyError(f"samples {path}: x has {len(x)} rows but y {y.shape} and ids {ids.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or not np.issubdtype(ids.dtype, np.integer):
-        raise UverifyError(f"samples {path}: y and ids must be integers")
-    if len(x) == 0:
-        raise UverifyError(f"samples {path}: no samples")
-    return Samples(x.astype(np.float32), y.astype(np.int64), ids.astype(np.int64), str(path))
 
 
 def check(
@@ -109,19 +65,68 @@ def check(
     cross_check: bool = False,
 ) -> Report:
     """Run the certified and the empirical check of the spec's property; see the module docstring."""
-    from uverify.verifier.bounds import Bounder, verified
-    from uverify.verifier.referee import confirm_counterexamples
-
     started = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UverifyError(f"model {model_path}: no such file")
     target = _load_target(model_path)
+    inputs = _prepare_inputs(target, samples, domain, spec)
+    checker = _Checker(target, spec, inputs, cross_check)
+    outcomes = checker.run(progress)
+    if counterexamples is not None:
+        _save_counterexamples(counterexamples, outcomes, inputs.x.shape[1:])
+    return _report(model_path, spec, samples, target, inputs, outcomes, time.perf_counter() - started)
+
+
+def check_and_save(
+    model_path: Path,
+    spec: Spec,
+    samples_npz: Path | None,
+    out: Path | None,
+    *,
+    progress: bool = True,
+    cross_check: bool = False,
+) -> Report:
+    """`uverify check`: the spec's samples (or the user's .npz), checked, and the report written to `out`
+    with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`)."""
+    if out is not None:
+        ensure_writable_dir(out.parent)
+    samples, domain = samples_for_check(spec, model_path, samples_npz)
+    counterexamples = out.with_suffix(".counterexamples.npz") if out is not None else None
+    report = check(
+        model_path, spec, samples, domain, progress=progress, counterexamples=counterexamples, cross_check=cross_check
+    )
+    if out is not None:
+        save_report(report, out)
+    return report
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The samples as the model takes them, inside the domain, with their labels and clean predictions."""
+
+    x: np.ndarray
+    y: np.ndarray  # the property's label: the sample's, or the model's clean prediction
+    prediction: np.ndarray  # onnxruntime's
+    lower: np.ndarray  # the domain, shaped like one sample
+    upper: np.ndarray
+    clean_seconds: float
+    ids: np.ndarray
+    num_classes: int
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.prediction == self.y
+
+
+def _prepare_inputs(target: _Target, samples: Samples, domain: Domain | None, spec: Spec) -> _Inputs:
+    """Shape the samples for the model, check the imported modules against onnxruntime on them, keep
+    them inside the domain, and take onnxruntime's clean predictions."""
     shape = target.input_shape
-    x = _fit(samples.x, shape, model_path)
+    x = _fit(samples.x, shape, target.path)
     # bounds and PGD run on the imported modules: they must compute what the files compute, here
     target.validate(x[:IMPORT_CHECK_SAMPLES])
-    lower, upper = _domain_arrays(domain, shape, model_path)
+    lower, upper = _domain_arrays(domain, shape, target.path)
     flat = x.reshape(len(x), -1)
     outside = ~np.all((flat >= lower.reshape(-1) - DOMAIN_SLACK) & (flat <= upper.reshape(-1) + DOMAIN_SLACK), axis=1)
     if outside.any():
@@ -129,108 +134,187 @@ def check(
             f"{int(outside.sum())} sample(s) lie outside the input domain (first id {int(samples.ids[outside][0])})"
         )
     x = np.clip(x, lower, upper)  # round-off of at most DOMAIN_SLACK: the ball's centre must lie in the domain
-    referee = target.referee
     t0 = time.perf_counter()
-    clean_logits = referee.logits(x)
-    referee_seconds = time.perf_counter() - t0
+    clean_logits = target.referee.logits(x)
+    clean_seconds = time.perf_counter() - t0
     num_classes = clean_logits.shape[1]
     prediction = clean_logits.argmax(1).astype(np.int64)
     y = samples.y if spec.property.label else prediction
     if (y < 0).any() or (y >= num_classes).any():
         bad = int(y[(y < 0) | (y >= num_classes)][0])
         raise UverifyError(f"label {bad} is out of range: the model has {num_classes} classes")
-    correct = prediction == y
+    return _Inputs(x, y, prediction, lower, upper, clean_seconds, samples.ids, num_classes)
 
-    bounders = [Bounder(module, shape, spec.verify.method, num_classes=num_classes) for module in target.members]
-    attack = pgd_for(
-        spec.property.norm,
-        steps=spec.attack.steps,
-        restarts=spec.attack.restarts,
-        step_size=spec.attack.step_size,
-        loss=spec.attack.loss,
-    )
-    n = len(x)
-    epsilons = spec.property.epsilon
-    verdicts = np.full((len(epsilons), n), "misclassified", dtype=object)
-    margins = np.full((len(epsilons), n), np.nan)
-    results: list[EpsilonResult] = []
-    saved: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "epsilon", "x", "x_adv", "y", "logits")}
-    todo = np.flatnonzero(correct)
-    batch = spec.verify.batch_size
-    lo_t, hi_t = torch.from_numpy(lower), torch.from_numpy(upper)
-    bar = tqdm(
-        total=len(epsilons) * -(-len(todo) // batch), desc="check", unit="batch", disable=None if progress else True
-    )
-    try:
-        for k, eps in enumerate(epsilons):
-            timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
-            rejected = 0
-            generator = torch.Generator().manual_seed(_attack_seed(spec.attack.seed, eps))
-            for start in range(0, len(todo), batch):
-                idx = todo[start : start + batch]
-                xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-                t0 = time.perf_counter()
-                min_lb = target.margin(
-                    [b.margins(xb, yb, eps, spec.property.norm, lo_t, hi_t).numpy().min(axis=1) for b in bounders]
-                )
-                timing["bounds"] += time.perf_counter() - t0
-                is_verified = verified(torch.from_numpy(min_lb[:, None])).numpy()
-                t0 = time.perf_counter()
-                hit = np.zeros(len(idx), bool)
-                todo_attack = np.ones(len(idx), bool) if cross_check else ~is_verified
-                if todo_attack.any():
-                    sel = torch.from_numpy(np.flatnonzero(todo_attack))
-                    result = attack.run(target.module, xb[sel], yb[sel], eps, lo_t[None], hi_t[None], generator)
-                    x_adv = np.zeros_like(x[idx])
-                    x_adv[todo_attack] = result.x_adv.numpy()
-                    # a vote is judged by onnxruntime, not by the surrogate PGD attacked
-                    hit[todo_attack] = target.judge(result, x_adv[todo_attack], y[idx][todo_attack])
-                timing["attack"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                confirmed = np.zeros(len(idx), bool)
-                if hit.any():
-                    conf = confirm_counterexamples(
-                        referee, x[idx][hit], x_adv[hit], y[idx][hit], eps, spec.property.norm, lower, upper
-                    )
-                    confirmed[hit] = conf.confirmed
-                    rejected += int((~conf.confirmed).sum())
-                    keep = conf.confirmed
-                    for key, value in (
-                        ("ids", samples.ids[idx][hit][keep]),
-                        ("epsilon", np.full(int(keep.sum()), eps)),
-                        ("x", x[idx][hit][keep]),
-                        ("x_adv", conf.x_adv[keep]),
-                        ("y", y[idx][hit][keep]),
-                        ("logits", conf.logits[keep]),
-                    ):
-                        saved[key].append(value)
-                timing["referee"] += time.perf_counter() - t0
-                if (is_verified & confirmed).any():
-                    bad = samples.ids[idx][is_verified & confirmed][0]
-                    raise SoundnessError(
-                        f"sample {bad} at epsilon {eps:g}: {spec.verify.method} certified it, yet onnxruntime "
-                        "confirms a counterexample; this is a bug in uverify, please report it"
-                    )
-                margins[k, idx] = min_lb
-                verdicts[k, idx] = np.where(is_verified, "verified", np.where(confirmed, "falsified", "unknown"))
-                bar.update(1)
-            results.append(_summarise(eps, verdicts[k], timing, rejected, referee_seconds if k == 0 else 0.0))
-    finally:
-        bar.close()
 
-    if counterexamples is not None:
-        _save_counterexamples(counterexamples, saved, x.shape[1:])
+@dataclass
+class _EpsilonOutcome:
+    result: EpsilonResult
+    verdicts: np.ndarray  # per sample, object dtype
+    margins: np.ndarray  # per sample: the certified lower bound whose sign decides (NaN where not bounded)
+    found: dict[str, list[np.ndarray]] = field(default_factory=dict)  # confirmed counterexamples
+
+
+class _Checker:
+    """Bounds first, then PGD on what they left, then onnxruntime on what PGD found, a batch at a time."""
+
+    def __init__(self, target: _Target, spec: Spec, inputs: _Inputs, cross_check: bool) -> None:
+        self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
+        self.bounders = [
+            Bounder(module, target.input_shape, spec.verify.method, num_classes=inputs.num_classes)
+            for module in target.members
+        ]
+        self.attack: PGD = pgd_for(
+            spec.property.norm,
+            steps=spec.attack.steps,
+            restarts=spec.attack.restarts,
+            step_size=spec.attack.step_size,
+            loss=spec.attack.loss,
+        )
+        self.lower_t, self.upper_t = torch.from_numpy(inputs.lower), torch.from_numpy(inputs.upper)
+
+    def run(self, progress: bool) -> list[_EpsilonOutcome]:
+        todo = np.flatnonzero(self.inputs.correct)
+        batches = -(-len(todo) // self.spec.verify.batch_size)
+        epsilons = self.spec.property.epsilon
+        bar = tqdm(total=len(epsilons) * batches, desc="check", unit="batch", disable=None if progress else True)
+        try:
+            return [self._epsilon(k, eps, todo, bar) for k, eps in enumerate(epsilons)]
+        finally:
+            bar.close()
+
+    def _epsilon(self, k: int, eps: float, todo: np.ndarray, bar: Any) -> _EpsilonOutcome:
+        n = len(self.inputs.x)
+        verdicts = np.full(n, "misclassified", dtype=object)
+        margins = np.full(n, np.nan)
+        found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
+        timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
+        rejected = 0
+        generator = torch.Generator().manual_seed(_attack_seed(self.spec.attack.seed, eps))
+        batch = self.spec.verify.batch_size
+        for start in range(0, len(todo), batch):
+            idx = todo[start : start + batch]
+            verdicts[idx], margins[idx], batch_rejected = self._batch(idx, eps, generator, timing, found)
+            rejected += batch_rejected
+            bar.update(1)
+        clean_seconds = self.inputs.clean_seconds if k == 0 else 0.0
+        return _EpsilonOutcome(_summarise(eps, verdicts, timing, rejected, clean_seconds), verdicts, margins, found)
+
+    def _batch(
+        self,
+        idx: np.ndarray,
+        eps: float,
+        generator: torch.Generator,
+        timing: dict[str, float],
+        found: dict[str, list[np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(verdicts, margin lower bounds, rejected PGD points) of the samples `idx` at `eps`."""
+        x, y = self.inputs.x[idx], self.inputs.y[idx]
+        xb, yb = torch.from_numpy(x), torch.from_numpy(y)
+        t0 = time.perf_counter()
+        min_lb = self._bound(xb, yb, eps)
+        timing["bounds"] += time.perf_counter() - t0
+        is_verified = verified(torch.from_numpy(min_lb[:, None])).numpy()
+        t0 = time.perf_counter()
+        x_adv, hit = self._attack(
+            xb, yb, x, y, eps, generator, np.ones(len(idx), bool) if self.cross_check else ~is_verified
+        )
+        timing["attack"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        confirmed, rejected = self._confirm(idx, x, y, x_adv, hit, eps, found)
+        timing["referee"] += time.perf_counter() - t0
+        if (is_verified & confirmed).any():
+            bad = self.inputs.ids[idx][is_verified & confirmed][0]
+            raise SoundnessError(
+                f"sample {bad} at epsilon {eps:g}: {self.spec.verify.method} certified it, yet onnxruntime "
+                "confirms a counterexample; this is a bug in uverify, please report it"
+            )
+        verdicts = np.where(is_verified, "verified", np.where(confirmed, "falsified", "unknown"))
+        return verdicts, min_lb, rejected
+
+    def _bound(self, xb: torch.Tensor, yb: torch.Tensor, eps: float) -> np.ndarray:
+        """The lower bound whose sign certifies the model: its own, or the vote's order statistic."""
+        norm = self.spec.property.norm
+        member_margins = [
+            b.margins(xb, yb, eps, norm, self.lower_t, self.upper_t).numpy().min(axis=1) for b in self.bounders
+        ]
+        return vote_margin(np.stack(member_margins)) if self.target.vote else member_margins[0]
+
+    def _attack(
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        x: np.ndarray,
+        y: np.ndarray,
+        eps: float,
+        generator: torch.Generator,
+        todo: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """PGD on the samples `todo` selects: (its points, which are candidates worth confirming)."""
+        x_adv = np.zeros_like(x)
+        hit = np.zeros(len(x), bool)
+        if not todo.any():
+            return x_adv, hit
+        sel = torch.from_numpy(np.flatnonzero(todo))
+        result = self.attack.run(
+            self.target.module, xb[sel], yb[sel], eps, self.lower_t[None], self.upper_t[None], generator
+        )
+        x_adv[todo] = result.x_adv.numpy()
+        if self.target.vote:  # a vote is judged by onnxruntime, not by the surrogate PGD attacked
+            hit[todo] = self.target.referee.logits(x_adv[todo]).argmax(1) != y[todo]
+        else:
+            hit[todo] = result.success.numpy()
+        return x_adv, hit
+
+    def _confirm(
+        self,
+        idx: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_adv: np.ndarray,
+        hit: np.ndarray,
+        eps: float,
+        found: dict[str, list[np.ndarray]],
+    ) -> tuple[np.ndarray, int]:
+        """onnxruntime's verdict on the PGD candidates: (confirmed per sample, how many it rejected)."""
+        confirmed = np.zeros(len(idx), bool)
+        if not hit.any():
+            return confirmed, 0
+        inputs = self.inputs
+        conf = confirm_counterexamples(
+            self.target.referee, x[hit], x_adv[hit], y[hit], eps, self.spec.property.norm, inputs.lower, inputs.upper
+        )
+        confirmed[hit] = conf.confirmed
+        keep = conf.confirmed
+        for key, value in (
+            ("ids", inputs.ids[idx][hit][keep]),
+            ("epsilon", np.full(int(keep.sum()), eps)),
+            ("x", x[hit][keep]),
+            ("x_adv", conf.x_adv[keep]),
+            ("y", y[hit][keep]),
+            ("logits", conf.logits[keep]),
+        ):
+            found[key].append(value)
+        return confirmed, int((~conf.confirmed).sum())
+
+
+def _report(
+    model_path: Path,
+    spec: Spec,
+    samples: Samples,
+    target: _Target,
+    inputs: _Inputs,
+    outcomes: list[_EpsilonOutcome],
+    seconds: float,
+) -> Report:
     rows = [
         SampleRow(
             id=int(samples.ids[i]),
-            label=int(y[i]),
-            prediction=int(prediction[i]),
-            verdicts=[verdicts[k, i] for k in range(len(epsilons))],
-            margin_lower_bounds=[
-                None if not np.isfinite(margins[k, i]) else float(margins[k, i]) for k in range(len(epsilons))
-            ],
+            label=int(inputs.y[i]),
+            prediction=int(inputs.prediction[i]),
+            verdicts=[o.verdicts[i] for o in outcomes],
+            margin_lower_bounds=[None if not np.isfinite(o.margins[i]) else float(o.margins[i]) for o in outcomes],
         )
-        for i in range(n)
+        for i in range(len(inputs.x))
     ]
     return Report(
         spec_name=spec.name,
@@ -242,8 +326,8 @@ def check(
         method=spec.verify.method,
         attack=spec.attack.model_dump(mode="json"),
         versions=_versions(),
-        seconds=time.perf_counter() - started,
-        results=results,
+        seconds=seconds,
+        results=[o.result for o in outcomes],
         samples=rows,
     )
 
@@ -254,37 +338,19 @@ class _Target:
 
     path: Path
     members: list[nn.Module]  # bounded one by one
-    protos: list[Any]  # their ONNX graphs, for the import check
+    protos: list[onnx.ModelProto]  # their ONNX graphs, for the import check
     module: nn.Module  # PGD attacks this: the model itself, or the vote's mean-of-logits surrogate
-    referee: Any  # Referee | VoteReferee: `logits` decides predictions and counterexamples
+    referee: Judge  # Referee | VoteReferee: `logits` decides predictions and counterexamples
     input_shape: tuple[int, ...]
     metadata: dict[str, Any]
     vote: bool
 
     def validate(self, x: np.ndarray) -> None:
-        from uverify.verifier.onnx_import import validate_against_onnxruntime
-
         for proto, member in zip(self.protos, self.members, strict=True):
             validate_against_onnxruntime(proto, member, x)
 
-    def margin(self, member_margins: list[np.ndarray]) -> np.ndarray:
-        """The lower bound whose sign certifies the model: a member's own, or the vote's order statistic."""
-        from uverify.verifier.vote import vote_margin
-
-        return vote_margin(np.stack(member_margins)) if self.vote else member_margins[0]
-
-    def judge(self, result: Any, x_adv: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Which PGD points are candidates worth confirming."""
-        if not self.vote:
-            return result.success.numpy()
-        return self.referee.logits(x_adv).argmax(1) != y
-
 
 def _load_target(model_path: Path) -> _Target:
-    from uverify.verifier.onnx_import import load_onnx, onnx_to_torch
-    from uverify.verifier.referee import Referee
-    from uverify.verifier.vote import MeanOfLogits, VoteReferee, is_vote_manifest, read_vote_manifest
-
     if not is_vote_manifest(model_path):
         proto = load_onnx(model_path)
         imported = onnx_to_torch(proto)
@@ -356,36 +422,15 @@ def _domain_arrays(domain: Domain | None, shape: tuple[int, ...], model_path: Pa
     return domain.lower.reshape(shape).astype(np.float32), domain.upper.reshape(shape).astype(np.float32)
 
 
-def domain_from_metadata(metadata: dict[str, Any]) -> Domain | None:
-    """The input domain an exported model records (uverify's own exports), if any."""
-    raw = metadata.get("input_domain")
-    if raw is None:
-        return None
-    try:
-        return Domain.from_json(json.loads(raw) if isinstance(raw, str) else raw)
-    except (ValueError, KeyError, TypeError):
-        raise UverifyError("the model's metadata_props input_domain is malformed") from None
-
-
-def _save_counterexamples(path: str | Path, saved: dict[str, list[np.ndarray]], shape: tuple[int, ...]) -> None:
-    arrays = {
-        key: np.concatenate(parts) if parts else np.zeros((0, *shape) if key in ("x", "x_adv") else (0,))
-        for key, parts in saved.items()
-    }
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
-
-    atomic_write(path, write)
+def _save_counterexamples(path: str | Path, outcomes: list[_EpsilonOutcome], shape: tuple[int, ...]) -> None:
+    arrays = {}
+    for key in COUNTEREXAMPLE_KEYS:
+        parts = [part for o in outcomes for part in o.found[key]]
+        arrays[key] = np.concatenate(parts) if parts else np.zeros((0, *shape) if key in ("x", "x_adv") else (0,))
+    atomic_write_npz(path, arrays, compressed=True)
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    from uverify.verifier import lirpa_compat
-
     return {
         "uverify": __version__,
         "python": platform.python_version(),

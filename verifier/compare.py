@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from uverify.errors import UverifyError
-from uverify.files import atomic_write_bytes
-from uverify.verifier.report import EpsilonResult, Report
+from uverify.files import atomic_write_bytes, ensure_writable_dir
+from uverify.kinds import GateMetric, values
+from uverify.specs.load import load_spec
+from uverify.specs.schema import GateSpec
+from uverify.verifier.report import EpsilonResult, Report, load_report
 
 METRICS = ("clean_accuracy", "certified_accuracy", "pgd_accuracy", "gap_pgd", "gap_certified")
-Metric = Literal["certified_accuracy", "pgd_accuracy", "clean_accuracy"]
 ROBUST = ("verified", "unknown")
 
 
@@ -213,12 +215,12 @@ class GateResult:
         return "\n".join(lines)
 
 
-def gate(baseline: Report, candidate: Report, metric: Metric, max_drop: float) -> GateResult:
+def gate(baseline: Report, candidate: Report, metric: GateMetric | str, max_drop: float) -> GateResult:
     """Pass when, at every epsilon both reports have, `metric` drops by no more than `max_drop`.
 
     A drop equal to max_drop passes; the comparison allows 1e-9 for float round-off of fractions."""
-    if metric not in ("certified_accuracy", "pgd_accuracy", "clean_accuracy"):
-        raise UverifyError(f"gate metric must be certified_accuracy, pgd_accuracy or clean_accuracy, not {metric!r}")
+    if metric not in values(GateMetric):
+        raise UverifyError(f"gate metric must be one of {', '.join(values(GateMetric))}, not {metric!r}")
     if not 0.0 <= max_drop <= 1.0:
         raise UverifyError(f"--max-drop must lie in [0, 1], got {max_drop:g}")
     if baseline.norm != candidate.norm:
@@ -236,6 +238,36 @@ def gate(baseline: Report, candidate: Report, metric: Metric, max_drop: float) -
         b, c = float(getattr(result_b, metric)), float(getattr(result_c, metric))
         checks.append(GateCheck(result_b.epsilon, b, c, b - c, b - c <= max_drop + 1e-9))
     return GateResult(metric, max_drop, checks)
+
+
+def gate_reports(
+    baseline: Path,
+    candidate: Path,
+    *,
+    metric: str | None = None,
+    max_drop: float | None = None,
+    spec_ref: str | None = None,
+    junit: Path | None = None,
+) -> GateResult:
+    """`uverify gate`: the two reports read back, the gate run with the given metric and allowed drop
+    (else the `gate:` section of `spec_ref`, else of the spec the baseline report embeds), and the JUnit
+    file written when asked."""
+    if junit is not None:
+        ensure_writable_dir(junit.parent)
+    base, cand = load_report(baseline), load_report(candidate)
+    if spec_ref is not None:
+        defaults = load_spec(spec_ref).gate
+    else:
+        try:
+            defaults = GateSpec.model_validate(base.spec.get("gate", {}))
+        except ValueError:
+            raise UverifyError(f"report {baseline}: its spec's gate section is not valid") from None
+    result = gate(
+        base, cand, GateMetric(metric or defaults.metric), defaults.max_drop if max_drop is None else max_drop
+    )
+    if junit is not None:
+        write_junit(result, junit, str(baseline), str(candidate))
+    return result
 
 
 def write_junit(result: GateResult, path: str | Path, baseline: str, candidate: str) -> Path:

@@ -29,7 +29,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from uverify.errors import ModelError
+from uverify.errors import ModelError, one_line
+from uverify.models.referee import agreement
 
 __all__ = [
     "CONVERTERS",
@@ -52,17 +53,6 @@ _EXAMPLE_BATCH = 2
 _NONDETERMINISTIC = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: messages from onnx and protobuf span many lines."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------------------------
-# What a converter sees
-# --------------------------------------------------------------------------------------------------
 
 
 class _Value(NamedTuple):
@@ -923,7 +913,7 @@ def _fold(model: onnx.ModelProto, node: onnx.NodeProto, inputs: Sequence[_Value 
     try:
         return [np.asarray(out) for out in ReferenceEvaluator(single).run(None, {})]
     except Exception as exc:  # the reference evaluator raises many types for ops it cannot run
-        raise ModelError(f"cannot fold the constant {node.op_type} node {_node_label(node)}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot fold the constant {node.op_type} node {_node_label(node)}: {one_line(exc)}") from exc
 
 
 def _unsupported(node: onnx.NodeProto) -> ModelError:
@@ -1036,7 +1026,7 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
             with torch.no_grad():
                 out = module(*[v.example for v in batched])
         except Exception as exc:  # shape errors surface here, as ones onnxruntime would also raise
-            raise ctx.fail(f"torch cannot run it on the example batch: {_one_line(exc)}") from exc
+            raise ctx.fail(f"torch cannot run it on the example batch: {one_line(exc)}") from exc
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != _EXAMPLE_BATCH:
             raise ctx.fail("its output lost the batch dimension")
         key = f"{re.sub(r'(?<!^)(?=[A-Z])', '_', node.op_type).lower()}_{len(steps)}"
@@ -1087,28 +1077,14 @@ def load_onnx(path: PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(str(file))
     except Exception as exc:  # protobuf DecodeError, onnx errors, missing external data, ...
-        raise ModelError(f"cannot read ONNX file {file}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read ONNX file {file}: {one_line(exc)}") from exc
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # ValidationError, or a C++ error for a malformed proto
-        raise ModelError(f"invalid ONNX model {file}: {_one_line(exc)}") from exc
+        raise ModelError(f"invalid ONNX model {file}: {one_line(exc)}") from exc
     _graph_io(model)
     _check_finite(model)
     return model
-
-
-def _ort_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """onnxruntime's outputs for x (one sample per run when the file fixes the batch at 1)."""
-    from uverify.verifier.referee import Referee  # onnxruntime is slow to import: only when needed
-
-    return Referee(model).outputs(x)
-
-
-def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b|; NaN on one side only counts as infinitely far, NaN on both as equal."""
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
-    return float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
 
 
 def _validate(model: onnx.ModelProto, module: nn.Module, x: np.ndarray, atol: float, label: str) -> float:
@@ -1119,23 +1095,19 @@ def _validate(model: onnx.ModelProto, module: nn.Module, x: np.ndarray, atol: fl
         raise ModelError(
             f"samples of shape {list(x.shape)} do not fit {label}: expected [N, {', '.join(map(str, input_shape))}]"
         )
-    expected = _ort_outputs(model, x)
-    tensors = [*module.parameters(), *module.buffers()]
-    device = tensors[0].device if tensors else torch.device("cpu")
-    with torch.no_grad():
-        got = module(torch.from_numpy(x).to(device)).detach().cpu().numpy()
-    if got.shape != expected.shape:
+    check = agreement(module, model, x)
+    if not check.same_shape:
         raise ModelError(
-            f"the torch module gives outputs of shape {list(got.shape)} but onnxruntime "
-            f"{list(expected.shape)} for {label}"
+            f"the torch module gives outputs of shape {list(check.torch_shape)} but onnxruntime "
+            f"{list(check.onnx_shape)} for {label}"
         )
-    diff = _max_abs_diff(got, expected)
-    tolerance = atol * max(1.0, float(np.abs(expected).max(initial=0.0)))  # relative for large logits
-    if not diff <= tolerance:
+    if not check.within(atol, relative=True):  # relative for large logits
+        tolerance = atol * max(1.0, check.scale)
         raise ModelError(
-            f"the imported module disagrees with onnxruntime on {label}: max |diff| = {diff:.3g} > {tolerance:.3g}"
+            f"the imported module disagrees with onnxruntime on {label}: max |diff| = {check.max_abs_diff:.3g} > "
+            f"{tolerance:.3g}"
         )
-    return diff
+    return check.max_abs_diff
 
 
 def validate_against_onnxruntime(

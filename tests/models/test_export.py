@@ -10,7 +10,7 @@ import torch
 
 from uverify.errors import ExportError, ModelError
 from uverify.models import build_model, export_onnx, read_metadata, registered
-from uverify.models.export import max_abs_diff_vs_onnxruntime
+from uverify.models.referee import Agreement, agreement
 from uverify.specs.schema import CnnSpec, MlpSpec
 
 ARCHS = {
@@ -51,9 +51,9 @@ def test_a_mismatch_is_detected_and_nothing_is_written(tmp_path: Path, monkeypat
     a, b = build_model(spec, shape, 3, seed=0), build_model(spec, shape, 3, seed=1)
     export_onnx(a, tmp_path / "a.onnx", samples)
     # the check itself: a's file against b's weights differs far above the tolerance
-    assert max_abs_diff_vs_onnxruntime(b, (tmp_path / "a.onnx").read_bytes(), samples) > 1e-3
+    assert agreement(b, (tmp_path / "a.onnx").read_bytes(), samples).max_abs_diff > 1e-3
     # and a disagreeing export fails loudly without touching the target path
-    monkeypatch.setattr("uverify.models.export.max_abs_diff_vs_onnxruntime", lambda *args: 0.5)
+    monkeypatch.setattr("uverify.models.export.agreement", lambda *args: Agreement(0.5, 1.0, (2, 3), (2, 3)))
     with pytest.raises(ExportError, match="disagrees with torch"):
         export_onnx(a, tmp_path / "bad.onnx", samples)
     assert not (tmp_path / "bad.onnx").exists()

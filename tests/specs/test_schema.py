@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from uverify.errors import SpecError
-from uverify.specs import load_spec, shipped_specs, spec_sha256
-from uverify.specs.schema import DigitsData, LoanData, MixtureData, Spec, validate_spec
+from uverify.specs import shipped_specs
+from uverify.specs.load import load_spec, validate_spec
+from uverify.specs.schema import DigitsData, LoanData, MixtureData, Spec, spec_sha256
 
 from helpers import tiny_spec_dict
 

@@ -14,8 +14,11 @@ from torch.nn.utils import parameters_to_vector
 from uverify.datasets import Splits, load
 from uverify.errors import UverifyError
 from uverify.models import build_model
+from uverify.models.referee import Referee
 from uverify.pipeline import train_run, unlearn_run
-from uverify.specs.schema import AdversarialSpec, Spec, validate_spec
+from uverify.rundir import open_run
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import AdversarialSpec, Spec
 from uverify.unlearning.amnesiac import (
     AMNESIAC_DIR,
     INDEX_FILE,
@@ -27,8 +30,6 @@ from uverify.unlearning.amnesiac import (
     check_no_buffers,
 )
 from uverify.unlearning.retrain import retrain
-from uverify.unlearning.run import open_run
-from uverify.verifier.referee import Referee
 
 from helpers import tiny_spec_dict
 

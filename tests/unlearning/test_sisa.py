@@ -9,12 +9,16 @@ import torch
 
 from uverify.datasets import load
 from uverify.errors import UverifyError
+from uverify.models.referee import Referee
+from uverify.models.vote import read_vote_manifest, vote_counts
 from uverify.pipeline import train_run, unlearn_run
-from uverify.specs.schema import Spec, validate_spec
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec
 from uverify.unlearning.sisa import Manifest, Sisa, SisaEnsemble, slice_epochs
-from uverify.verifier.check import check, samples_from_spec
-from uverify.verifier.referee import Referee, lp_distance
-from uverify.verifier.vote import read_vote_manifest, vote_counts, vote_margin
+from uverify.verifier.check import check
+from uverify.verifier.counterexamples import lp_distance
+from uverify.verifier.samples import samples_from_spec
+from uverify.verifier.vote import vote_margin
 
 from helpers import tiny_spec_dict
 

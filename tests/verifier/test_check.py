@@ -11,11 +11,14 @@ from click.testing import CliRunner
 from uverify.cli import cli
 from uverify.datasets import load
 from uverify.errors import UverifyError
+from uverify.models.referee import Referee
 from uverify.pipeline import train_run
-from uverify.specs.schema import Spec, validate_spec
-from uverify.verifier.check import SoundnessError, check, samples_from_npz, samples_from_spec
-from uverify.verifier.referee import Referee, lp_distance
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec
+from uverify.verifier.check import SoundnessError, check
+from uverify.verifier.counterexamples import lp_distance
 from uverify.verifier.report import load_report, render_table, save_report
+from uverify.verifier.samples import samples_from_npz, samples_from_spec
 
 from helpers import tiny_spec_dict
 
@@ -195,7 +198,7 @@ def test_npz_loader_rejects_mismatched_lengths(tmp_path: Path) -> None:
 def test_counterexamples_of_large_inputs_are_pulled_into_the_open_ball() -> None:
     """For inputs near 40, x + eps rounds in float32 to a point just outside the ball; the referee must
     move it inside (and confirm it there) rather than throw a real counterexample away."""
-    from uverify.verifier.referee import pull_into_ball
+    from uverify.verifier.counterexamples import pull_into_ball
 
     rng = np.random.default_rng(0)
     x = rng.uniform(32, 60, (50, 10)).astype(np.float32)

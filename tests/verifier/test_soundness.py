@@ -18,13 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from uverify.attacks import margin_loss, pgd_for
 from uverify.datasets import Domain
 from uverify.models import export_onnx
-from uverify.specs.schema import validate_spec
-from uverify.verifier.attacks import margin_loss, pgd_for
+from uverify.specs.load import validate_spec
 from uverify.verifier.bounds import METHODS, Bounder
-from uverify.verifier.check import Samples, check
+from uverify.verifier.check import check
 from uverify.verifier.onnx_import import import_onnx
+from uverify.verifier.samples import Samples
 
 from helpers import tiny_spec_dict
 

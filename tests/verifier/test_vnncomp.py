@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from uverify.datasets import Domain
-from uverify.specs.schema import validate_spec
-from uverify.verifier.check import Samples, check
+from uverify.specs.load import validate_spec
+from uverify.verifier.check import check
+from uverify.verifier.samples import Samples
 
 from helpers import tiny_spec_dict
 

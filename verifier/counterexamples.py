@@ -1,58 +1,13 @@
-"""onnxruntime as the referee: the property is about the ONNX file, so the file has the last word.
-
-Clean predictions and every PGD counterexample are re-run here on the original file; a point counts
-as a counterexample only if it lies in the ball and the domain and onnxruntime misclassifies it.
+"""Every PGD counterexample is re-run by onnxruntime (models/referee.py) on the original file: a point
+counts as a counterexample only if it lies in the ball and the domain and onnxruntime misclassifies it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import onnx
-
-from uverify.errors import ModelError
-
-
-class Referee:
-    """One onnxruntime session over an ONNX classifier, batched (one sample a run for a fixed batch of 1)."""
-
-    def __init__(self, model: str | Path | onnx.ModelProto | bytes) -> None:
-        import onnxruntime as ort  # slow to import: only when a check runs
-
-        if isinstance(model, bytes):
-            data = model
-        elif isinstance(model, onnx.ModelProto):
-            data = model.SerializeToString()
-        else:
-            data = Path(model).read_bytes()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot load the model: {first}") from exc
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.full_shape = [d if isinstance(d, int) else None for d in inp.shape]
-        self.fixed_batch = self.full_shape[0] == 1
-
-    def logits(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Outputs as (N, classes)."""
-        return self.outputs(x, batch_size).reshape(len(x), -1)
-
-    def outputs(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Outputs in the file's own shape, batch first."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        step = 1 if self.fixed_batch else batch_size
-        try:
-            out = [self.session.run(None, {self.input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot run the model on inputs of shape {list(x.shape)}: {first}") from exc
-        return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
 @dataclass(frozen=True)
@@ -87,8 +42,14 @@ def pull_into_ball(
     return out
 
 
+class Judge(Protocol):
+    """What decides a prediction: a `Referee` over one file, or a `VoteReferee` counting votes."""
+
+    def logits(self, x: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
+
+
 def confirm_counterexamples(
-    referee: Referee,
+    referee: Judge,
     x: np.ndarray,
     x_adv: np.ndarray,
     y: np.ndarray,

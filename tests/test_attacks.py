@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from uverify.attacks import margin_loss, pgd_for, project_l1_ball
 from uverify.errors import UverifyError
-from uverify.verifier.attacks import margin_loss, pgd_for, project_l1_ball
 
 NORMS = ("inf", "2", "1")
 
