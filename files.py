@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -86,25 +90,156 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+STAGING_SUFFIX = ".staging"
+
+
+def staging_name(target: Path, pid: int) -> str:
+    """The prefix of a staging folder of `target` made by process `pid` (mkdtemp adds a random part)."""
+    return f".{target.name}.{pid}."
+
+
 @contextmanager
 def staged_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh folder beside `final` to write into; on success it takes `final`'s place (an older
-    `final` is removed only after the new one is in place), on failure it is deleted."""
-    target = Path(final)
+    """A fresh folder beside `final` to write into; on success it takes `final`'s place in one atomic
+    exchange (an older `final` is removed only after the new one is in place), on failure it is deleted.
+
+    The staging folder's name carries this process's id, so that a later command can tell the leftovers
+    of a process that was killed (`remove_stale_staging`). Errors that name the staging folder are
+    re-raised naming `final`, the path the user gave."""
+    target = Path(final).absolute()
     ensure_writable_dir(target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=staging_name(target, os.getpid()), suffix=STAGING_SUFFIX, dir=target.parent)
+        )
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the run gets the usual mode
+    except OSError as exc:
+        raise UverifyError(f"cannot write to {target}: {exc.strerror or exc}") from None
+    try:
         yield staging
+    except UverifyError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _renamed(exc, staging, target) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _swap_in(staging, target)
+
+
+def _renamed(exc: UverifyError, staging: Path, target: Path) -> UverifyError:
+    """`exc` with every mention of the staging folder replaced by the folder the user named."""
+    text = str(exc)
+    if str(staging) not in text:
+        return exc
+    return type(exc)(text.replace(str(staging), str(target)))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put the finished `staging` where `target` is. Where the OS can exchange two names atomically
+    (Linux renameat2 RENAME_EXCHANGE), there is no moment without `target`; elsewhere the old folder is
+    first renamed aside, and `remove_stale_staging` puts it back if the process dies in between."""
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous contents
+        return
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where that is not available.
+
+    By hand because Python's os module has no renameat2; glibc has had it since 2.28."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return bool(result == 0)
+
+
+def remove_stale_staging(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed processes left beside `final`: staging folders (`.NAME.PID.xxxx.staging`) of
+    processes that no longer run, and an older `final` renamed aside (`.NAME.old-PID`), which goes back
+    to its place when `final` is missing (the process died between the two renames). Call it while
+    holding `final`'s lock: then no other uverify process can be writing there. Returns what it removed."""
+    target = Path(final).absolute()
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
+        rest = path.name[len(target.name) + 2 :]
+        if rest.endswith(STAGING_SUFFIX) and path.is_dir():
+            pid = rest.split(".", 1)[0]
+            if not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        elif rest.startswith("old-") and rest[4:].isdigit() and path.is_dir() and not _alive(int(rest[4:])):
+            if target.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.replace(path, target)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth] of the locks this process holds
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path, holder: str, busy: Callable[[str], str]) -> Iterator[None]:
+    """Hold an OS file lock (flock) on `lock_file` for the block, or raise `UverifyError(busy(text))` at once
+    when another process holds it (`text`: what that process wrote into the file: its pid and `holder`).
+    Re-entrant within a process; the lock goes with the process, however it ends.
+
+    By hand rather than with the filelock package: it truncates the file when it tries to lock, so the
+    process that is refused could not say who holds the lock."""
+    key = lock_file.absolute()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    try:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as exc:
+        raise UverifyError(f"cannot lock {key}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise UverifyError(busy(text)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}: {holder}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a process opening it)
 
 
 @contextmanager

@@ -35,7 +35,9 @@ from uverify.rundir import (
     Run,
     RunDir,
     RunInfo,
+    check_train_target,
     creating,
+    locked,
     open_run,
     updating,
     write_deletion,
@@ -58,6 +60,7 @@ class TrainRun:
     seconds: float
     export_max_abs_diff: float
     model_path: Path
+    replaced: str | None = None  # what an overwrite replaced (a description of the old run)
 
 
 @dataclass(frozen=True)
@@ -78,41 +81,52 @@ class UnlearnResult:
 
 # ------------------------------------------------------------------------------------------ training
 def train_run(
-    spec: Spec, out: str | Path, *, adversarial: bool, splits: Splits | None = None, progress: bool = True
+    spec: Spec,
+    out: str | Path,
+    *,
+    adversarial: bool,
+    overwrite: bool = False,
+    splits: Splits | None = None,
+    progress: bool = True,
 ) -> TrainRun:
     """Train the spec's model (standard or adversarial) with its unlearning method, export it, check it
     with onnxruntime.
 
-    Everything is written into a staging folder beside `out` that replaces `out` only when complete, so
-    a failed or interrupted run never leaves a directory that mixes files of two runs."""
+    `out` must be new, an empty folder, or (with `overwrite`) an existing run; it is locked for the whole
+    call. Everything is written into a staging folder beside `out` that replaces `out` only when
+    complete, so a failed or interrupted run never leaves a directory that mixes files of two runs."""
     started = time.perf_counter()
-    final = Path(out)
+    final = Path(out).absolute()
     training = Training.ADVERSARIAL if adversarial else Training.STANDARD
-    splits = splits or load(spec.data)
-    with creating(final) as staging:
-        method = method_for(spec, splits.train, training)
-        model, steps = method.fit(staging.path, progress=progress)
-        exported = _export(method, model, staging, final, spec, splits, training)
-        train_accuracy = accuracy(predict_logits(model, splits.train.X), splits.train.y) or 0.0
-        seconds = time.perf_counter() - started
-        log = _train_log(spec, splits, training, steps, train_accuracy, exported, method.storage_bytes(staging.path))
-        info = RunInfo(
-            method=spec.unlearning.method,
-            training=training,
-            model=exported["file"],
-            spec_sha256=spec_sha256(spec),
-            uverify_version=__version__,
-        )
-        write_trained(staging, spec, info, log | {"seconds": seconds})
+    with locked(final):
+        replaced = check_train_target(final, overwrite=overwrite)
+        splits = splits or load(spec.data)
+        with creating(final) as staging:
+            method = method_for(spec, splits.train, training)
+            model, steps = method.fit(staging.path, progress=progress)
+            exported = _export(method, model, staging, final, spec, splits, training)
+            train_accuracy = accuracy(predict_logits(model, splits.train.X), splits.train.y) or 0.0
+            seconds = time.perf_counter() - started
+            storage = method.storage_bytes(staging.path)
+            log = _train_log(spec, splits, training, steps, train_accuracy, exported, storage)
+            info = RunInfo(
+                method=spec.unlearning.method,
+                training=training,
+                model=exported["file"],
+                spec_sha256=spec_sha256(spec),
+                uverify_version=__version__,
+            )
+            write_trained(staging, spec, info, log | {"seconds": seconds})
     return TrainRun(
-        final,
+        Path(out),
         spec.unlearning.method,
         training,
         exported["test_accuracy_onnxruntime"],
         train_accuracy,
         seconds,
         exported["max_abs_diff"],
-        final / exported["file"],
+        Path(out) / exported["file"],
+        replaced,
     )
 
 
@@ -209,30 +223,49 @@ def unlearn_run(
     started = time.perf_counter()
     if metrics_out is not None:
         ensure_writable_dir(Path(metrics_out).parent)
-    run = open_run(run_dir)
-    if method is not None and method != run.info.method:
-        raise UverifyError(
-            f"run {run.path} was trained for {run.info.method} unlearning, not {method} "
-            f"(train with unlearning.method: {method})"
-        )
-    default = run.spec.unlearning.delete if from_spec else None
-    request = DeleteRequest.build(ids_file=ids_file, ids=ids, fraction=fraction, seed=seed, default=default)
-    splits = splits or load(run.spec.data)
-    requested = request.resolve(splits.train.ids, f"run {run.path}")
-    new_ids = np.setdiff1d(requested, run.deleted_ids())
-    if len(new_ids) == 0:
-        seconds = time.perf_counter() - started
-        return UnlearnResult(run.path, run.info.method, len(requested), new_ids, True, seconds, run.model_path)
+    with locked(run_dir):
+        run = open_run(run_dir)
+        if method is not None and method != run.info.method:
+            raise UverifyError(
+                f"run {run.path} was trained for {run.info.method} unlearning, not {method} "
+                f"(train with unlearning.method: {method})"
+            )
+        default = run.spec.unlearning.delete if from_spec else None
+        request = DeleteRequest.build(ids_file=ids_file, ids=ids, fraction=fraction, seed=seed, default=default)
+        splits = splits or load(run.spec.data)
+        requested = request.resolve(splits.train.ids, f"run {run.path}")
+        new_ids = np.setdiff1d(requested, run.deleted_ids())
+        if len(new_ids) == 0:
+            seconds = time.perf_counter() - started
+            return UnlearnResult(run.path, run.info.method, len(requested), new_ids, True, seconds, run.model_path)
+        entry = _apply_deletion(run, splits, request, requested, new_ids, baseline, progress, started)
+    if metrics_out is not None:
+        atomic_write_json(metrics_out, entry["metrics"] | {"deletion": entry["number"]})
+    seconds = time.perf_counter() - started
+    return UnlearnResult(run.path, run.info.method, len(requested), new_ids, False, seconds, run.model_path, entry)
+
+
+def _apply_deletion(
+    run: Run,
+    splits: Splits,
+    request: DeleteRequest,
+    requested: np.ndarray,
+    new_ids: np.ndarray,
+    baseline: bool,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Unlearn `new_ids` on a staged copy of the run that replaces it whole; returns the log entry."""
     deleted = np.union1d(run.deleted_ids(), new_ids)
     # the first optimiser step of a process imports torch._dynamo (seconds): done here, so that neither
     # the unlearning nor the retraining timer is charged for it
     import torch._dynamo  # noqa: F401
 
-    the_method = method_for(run.spec, splits.train, run.info.training)
-    the_method.check_files(run.path)
+    method = method_for(run.spec, splits.train, run.info.training)
+    method.check_files(run.path)
     with updating(run) as staging:
         metrics, touched, exported = _delete(
-            the_method, run, staging, splits, requested, new_ids, deleted, baseline, progress
+            method, run, staging, splits, requested, new_ids, deleted, baseline, progress
         )
         entry = {
             "number": len(run.log()) + 1,
@@ -249,11 +282,7 @@ def unlearn_run(
             "seconds": time.perf_counter() - started,
         }
         write_deletion(staging, run, deleted, entry)
-    if metrics_out is not None:
-        atomic_write_json(metrics_out, entry["metrics"] | {"deletion": entry["number"]})
-    return UnlearnResult(
-        run.path, run.info.method, len(requested), new_ids, False, time.perf_counter() - started, run.model_path, entry
-    )
+    return entry
 
 
 def _delete(

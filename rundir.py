@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ from uverify.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npy,
+    exclusive_lock,
     read_int_vector,
+    remove_stale_staging,
     staged_dir,
     staged_update,
 )
@@ -200,6 +203,8 @@ def open_run(path: str | Path) -> Run:
     run = Run(folder, info, spec)
     if not run.model_path.is_file():
         raise UverifyError(f"run {folder.path}: {info.model} is missing (a half-written run?)")
+    if is_vote_manifest(run.model_path):
+        _check_vote(run)
     deleted = run.deleted_ids()
     if len(deleted) != info.deleted:
         raise UverifyError(
@@ -209,15 +214,93 @@ def open_run(path: str | Path) -> Run:
     return run
 
 
+def _check_vote(run: Run) -> None:
+    """A majority vote's manifest must list this run's shards: as many as the spec has, of this spec."""
+    manifest, _ = read_vote_manifest(run.model_path)
+    where = f"run {run.path}: {run.info.model}"
+    if manifest.spec_sha256 != run.info.spec_sha256:
+        raise UverifyError(f"{where} lists the shards of another spec than the run's")
+    shards = run.spec.unlearning.sisa.shards
+    if len(manifest.members) != shards:
+        raise UverifyError(f"{where} lists {len(manifest.members)} members; the run's spec has {shards} shards")
+
+
 def read_deleted_ids(folder: RunDir) -> np.ndarray:
     return read_int_vector(folder.deleted_file, f"run {folder.path}: {folder.deleted_file.name}")
 
 
-# ------------------------------------------------------------------------------------------ writers
+# ------------------------------------------------------------------------------ locking and staging
+def lock_file(path: str | Path) -> Path:
+    """The lock beside a run (or a study) folder: stable while the folder itself is replaced whole."""
+    target = Path(path).absolute()
+    return target.parent / f".{target.name}.lock"
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the folder's lock for the block (a command that writes a run holds it from start to end), and
+    first remove what killed processes left beside it. A second command on the same folder is refused at
+    once, with one line naming the process that holds it: it asked about a state that is changing (a
+    deletion queued behind another would run on a model its user never saw), and refusing never hangs a
+    CI job."""
+    target = Path(path).absolute()
+
+    def busy(holder: str) -> str:
+        return (
+            f"{target} is in use by another uverify command ({holder or 'its pid is unknown'}); try again when it ends"
+        )
+
+    with exclusive_lock(lock_file(target), _command_line(), busy):
+        remove_stale_staging(target)
+        yield
+
+
+def _command_line() -> str:
+    line = " ".join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def check_train_target(path: str | Path, *, overwrite: bool) -> str | None:
+    """Refuse a target that training must not replace: the current directory (or one above it), a file,
+    a folder of other files, or an existing run unless `overwrite`. Returns what an overwrite replaces
+    (a short description of the run), else None."""
+    target = Path(path).absolute()
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents:
+        raise UverifyError(
+            f"{target} is the current directory (or holds it): uverify replaces a run directory whole, which "
+            "would leave your shell in a deleted folder; name a folder inside it, e.g. ./run"
+        )
+    if not target.exists():
+        return None
+    if not target.is_dir():
+        raise UverifyError(f"{target} is a file, not a run directory")
+    if is_run(target):
+        what = describe_run(target)
+        if not overwrite:
+            raise UverifyError(f"{target} is already a uverify run ({what}); give --overwrite to replace it")
+        return what
+    if any(target.iterdir()):
+        raise UverifyError(
+            f"{target} is not empty and not a uverify run: uverify will not delete the files it holds; "
+            "name a new or empty folder"
+        )
+    return None
+
+
+def describe_run(path: str | Path) -> str:
+    """`sisa, adversarial, 32 ids deleted`, or what is wrong with the run."""
+    try:
+        run = open_run(path)
+    except UverifyError:
+        return "damaged or half-written"
+    return f"{run.info.method}, {run.info.training}, {run.info.deleted} ids deleted"
+
+
 @contextmanager
 def creating(final: str | Path) -> Iterator[RunDir]:
     """A fresh run directory to train into, in a staging folder beside `final` that replaces it whole
-    when the block ends without an error (and is deleted when it does not)."""
+    when the block ends without an error (and is deleted when it does not). Hold `locked(final)`."""
     with staged_dir(Path(final)) as staging:
         yield RunDir(staging)
 
@@ -225,7 +308,7 @@ def creating(final: str | Path) -> Iterator[RunDir]:
 @contextmanager
 def updating(run: Run) -> Iterator[RunDir]:
     """A hard-linked copy of `run` to change (files replaced, never modified in place) that replaces
-    it whole when the block ends without an error."""
+    it whole when the block ends without an error. Hold `locked(run.path)`."""
     with staged_update(run.path) as staging:
         yield RunDir(staging)
 
@@ -390,10 +473,14 @@ __all__ = [
     "Run",
     "RunDir",
     "RunInfo",
+    "check_train_target",
     "creating",
     "describe_ids",
+    "describe_run",
     "is_run",
     "keep_m",
+    "lock_file",
+    "locked",
     "open_run",
     "read_deleted_ids",
     "read_id_file",

@@ -31,7 +31,7 @@ from uverify.errors import UverifyError
 from uverify.files import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from uverify.kinds import Training, UnlearningMethod
 from uverify.pipeline import train_run, unlearn_run
-from uverify.rundir import DeleteRequest, Run, RunDir, When, is_run, keep_m, open_run
+from uverify.rundir import DeleteRequest, Run, RunDir, When, is_run, keep_m, locked, open_run
 from uverify.specs.schema import Spec, spec_sha256
 from uverify.verifier.check import check
 from uverify.verifier.report import Report, load_report, save_report
@@ -85,13 +85,20 @@ def study(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> StudyResult:
-    """Run (or resume) the whole grid and write the tables and plots into `out`."""
+    """Run (or resume) the whole grid and write the tables and plots into `out` (locked meanwhile)."""
     started = time.perf_counter()
     out = Path(out)
     ensure_writable_dir(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UverifyError(f"study methods must be among {', '.join(METHODS)}; got {', '.join(methods) or 'none'}")
+    with locked(out):
+        return _study(spec, out, methods, progress, echo, started)
+
+
+def _study(
+    spec: Spec, out: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], started: float
+) -> StudyResult:
     splits = load(spec.data)
     train, test = splits.train, splits.test
     counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
@@ -147,6 +154,21 @@ def _cell(
     progress: bool,
     echo: Callable[[str], None],
 ) -> CellResult:
+    """One cell, its run directory locked from start to end (a `uverify unlearn` on it meanwhile is refused)."""
+    with locked(out / f"{spec.unlearning.method}-{training}"):
+        return _run_cell(spec, training, out, splits, samples, domain, progress, echo)
+
+
+def _run_cell(
+    spec: Spec,
+    training: Training,
+    out: Path,
+    splits: Splits,
+    samples: Samples,
+    domain: Domain,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> CellResult:
     """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
     is already there and still valid; the copy of M lets a changed property or attack re-check M
     without retraining."""
@@ -163,7 +185,8 @@ def _cell(
         run = None  # deletions made outside the study (or another request): M' is not this study's
     if run is None:
         echo(f"[{name}] training")
-        train_run(spec, run_dir, adversarial=training is Training.ADVERSARIAL, splits=splits, progress=progress)
+        adversarial = training is Training.ADVERSARIAL
+        train_run(spec, run_dir, adversarial=adversarial, overwrite=True, splits=splits, progress=progress)
         run = open_run(run_dir)
     else:
         reused.append("train")

@@ -71,6 +71,10 @@ def export_onnx(
     if program is None:
         raise ExportError("ONNX export produced no program")
     proto = program.model_proto
+    for node in proto.graph.node:
+        # the exporter's debugging notes (stack traces with absolute source paths and line numbers): they
+        # would make the file's bytes depend on where uverify is installed, and leak local paths
+        del node.metadata_props[:]
     props = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)

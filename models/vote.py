@@ -33,22 +33,25 @@ class VoteManifest(BaseModel):
     schema_: Literal["uverify.vote/1"] = Field("uverify.vote/1", alias="schema")
     aggregation: Literal["majority_vote"] = "majority_vote"
     members: list[VoteMember] = Field(min_length=1)
+    spec_sha256: str | None = Field(None, description="the spec every member was trained from (uverify's exports)")
 
 
 def is_vote_manifest(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".json"
 
 
-def write_vote_manifest(path: Path, members: list[Path]) -> Path:
-    """List `members` (ONNX files beside or below `path`) with their hashes."""
+def write_vote_manifest(path: Path, members: list[Path], spec_sha256: str | None = None) -> Path:
+    """List `members` (ONNX files beside or below `path`) with their hashes, and the spec they came from."""
     manifest = VoteManifest(
-        members=[VoteMember(path=str(m.relative_to(path.parent)), sha256=sha256_file(m)) for m in members]
+        members=[VoteMember(path=str(m.relative_to(path.parent)), sha256=sha256_file(m)) for m in members],
+        spec_sha256=spec_sha256,
     )
     return atomic_write_json(path, manifest.model_dump(mode="json", by_alias=True))
 
 
 def read_vote_manifest(path: str | Path) -> tuple[VoteManifest, list[Path]]:
-    """The manifest and its member files, each checked to exist and to be the file that was listed."""
+    """The manifest and its member files, each checked to exist and to be the file that was listed, no
+    member twice, and the members uverify exported checked to be this vote's (see `_check_members`)."""
     path = Path(path)
     try:
         manifest = VoteManifest.model_validate_json(path.read_text(encoding="utf-8"))
@@ -66,7 +69,35 @@ def read_vote_manifest(path: str | Path) -> tuple[VoteManifest, list[Path]]:
         if sha256_file(file) != member.sha256:
             raise ModelError(f"vote manifest {path}: member {member.path} changed since the manifest was written")
         files.append(file)
+    _check_members(path, manifest, files)
     return manifest, files
+
+
+def _check_members(path: Path, manifest: VoteManifest, files: list[Path]) -> None:
+    """A vote that lists a member twice, or a member from another training, would count votes that were
+    never cast: refuse it. uverify's exports record their shard (`sisa_shard`), the shard count and the spec
+    hash; where any member does, every member must, member k must be shard k of the same spec, and the
+    count must be the shards'."""
+    paths, hashes = [m.path for m in manifest.members], [m.sha256 for m in manifest.members]
+    for member in manifest.members:
+        if paths.count(member.path) > 1 or hashes.count(member.sha256) > 1:
+            raise ModelError(f"vote manifest {path}: member {member.path} is listed twice (or under two names)")
+    metadata = [read_metadata(f) for f in files]
+    exported = [m for m in metadata if "sisa_shard" in m]
+    if not exported and manifest.spec_sha256 is None:
+        return  # a vote of someone else's models: nothing recorded to check against
+    for k, (member, meta) in enumerate(zip(manifest.members, metadata, strict=True)):
+        where = f"vote manifest {path}: member {member.path}"
+        if "sisa_shard" not in meta:
+            raise ModelError(f"{where} is not one of this vote's SISA shards (it records no shard)")
+        if meta.get("sisa_shard") != k:
+            raise ModelError(f"{where} is shard {meta.get('sisa_shard')}, listed as member {k}")
+        shards = (meta.get("sisa") or {}).get("shards") if isinstance(meta.get("sisa"), dict) else None
+        if shards != len(files):
+            raise ModelError(f"{where} belongs to a vote of {shards} shards; the manifest lists {len(files)}")
+        expected = manifest.spec_sha256 or metadata[0].get("spec_sha256")
+        if meta.get("spec_sha256") != expected:
+            raise ModelError(f"{where} was trained from another spec (spec hash {str(meta.get('spec_sha256'))[:12]})")
 
 
 def manifest_metadata(path: Path) -> dict[str, Any]:

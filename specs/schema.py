@@ -13,15 +13,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
+    Strict,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -30,14 +29,26 @@ from uverify.kinds import Aggregation, BoundMethod, GateMetric, Norm, Unlearning
 
 
 class _Strict(BaseModel):
+    """Unknown keys are errors; numbers and flags are strict (the types below)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Strict numbers and flags: YAML's `true` is not a count, "3" is not 3, 2.0 is not an integer (a batch
+# size of 1 from `batch_size: true` makes a run that never ends). A float field takes an integer.
+Int = Annotated[int, Strict()]
+PosInt = Annotated[int, Strict(), Gt(0)]
+NonNegInt = Annotated[int, Strict(), Ge(0)]
+Float = Annotated[float, Strict()]
+PosFloat = Annotated[float, Strict(), Gt(0)]
+NonNegFloat = Annotated[float, Strict(), Ge(0)]
 
 
 # ---------------------------------------------------------------------------------------------- data
 class _DataBase(_Strict):
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share, stratified")
-    seed: int = Field(0, description="seed of generation and of the train/test split")
-    samples: PositiveInt = Field(200, description="how many samples of `split` the verifier checks")
+    test_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="held-out share, stratified")
+    seed: Int = Field(0, description="seed of generation and of the train/test split")
+    samples: PosInt = Field(200, description="how many samples of `split` the verifier checks")
     split: Literal["train", "test"] = "test"
 
 
@@ -45,11 +56,11 @@ class MixtureData(_DataBase):
     """The seed's synthetic Gaussian mixture: no files needed."""
 
     dataset: Literal["mixture"]
-    classes: int = Field(3, ge=2)
-    dims: PositiveInt = 10
-    separation: PositiveFloat = Field(4.0, description="distance between class means, in noise stds")
-    std: PositiveFloat = 1.0
-    n_samples: int = Field(3000, ge=10)
+    classes: Int = Field(3, ge=2)
+    dims: PosInt = 10
+    separation: PosFloat = Field(4.0, description="distance between class means, in noise stds")
+    std: PosFloat = 1.0
+    n_samples: Int = Field(3000, ge=10)
 
 
 class DigitsData(_DataBase):
@@ -62,7 +73,7 @@ class _FileData(_DataBase):
     """A data set the user brings: `path` names its file or folder (never downloaded)."""
 
     path: Path = Field(description="the data file, or the folder that holds it")
-    subsample: PositiveInt | None = Field(None, description="keep this many labelled samples (seeded)")
+    subsample: PosInt | None = Field(None, description="keep this many labelled samples (seeded)")
 
     @field_validator("path", mode="after")
     @classmethod
@@ -76,8 +87,8 @@ class LoanData(_FileData):
 
     dataset: Literal["loan"]
     path: Path = Field(description="the csv file, or a folder holding accepted_2007_to_2018Q4.csv")
-    clip: PositiveFloat = Field(5.0, description="standardised numerics are clipped to [-clip, clip]")
-    cache: bool = Field(True, description="parse the csv once; later loads read a cache keyed by the file's hash")
+    clip: PosFloat = Field(5.0, description="standardised numerics are clipped to [-clip, clip]")
+    cache: StrictBool = Field(True, description="parse the csv once; later loads read a cache keyed by the file's hash")
 
 
 class SvhnData(_FileData):
@@ -92,7 +103,7 @@ class Ham10000Data(_FileData):
 
     dataset: Literal["ham10000"]
     path: Path = Field(description="the folder holding HAM10000_metadata.csv and the image folder(s)")
-    image_size: PositiveInt = Field(32, description="images are resized to image_size x image_size")
+    image_size: PosInt = Field(32, description="images are resized to image_size x image_size")
 
 
 class TweetsData(_FileData):
@@ -100,7 +111,7 @@ class TweetsData(_FileData):
 
     dataset: Literal["tweets"]
     path: Path = Field(description="tweets.csv, or the folder holding it")
-    vocabulary: PositiveInt = Field(1000, description="the most frequent training words kept as features")
+    vocabulary: PosInt = Field(1000, description="the most frequent training words kept as features")
     features: Literal["tfidf", "bow"] = "tfidf"
 
 
@@ -109,8 +120,8 @@ class MiniImagenetData(_FileData):
 
     dataset: Literal["mini_imagenet"]
     path: Path = Field(description="the folder holding the images (and the csv, if that is the layout)")
-    image_size: PositiveInt = Field(32, description="images are resized to image_size x image_size")
-    classes: PositiveInt | None = Field(None, description="keep the first N classes (sorted by name)")
+    image_size: PosInt = Field(32, description="images are resized to image_size x image_size")
+    classes: PosInt | None = Field(None, description="keep the first N classes (sorted by name)")
 
 
 DataSpec = Annotated[
@@ -122,17 +133,17 @@ DataSpec = Annotated[
 # --------------------------------------------------------------------------------------------- model
 class MlpSpec(_Strict):
     arch: Literal["mlp"]
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    hidden: list[PosInt] = Field(default_factory=lambda: [64, 64])
 
 
 class CnnSpec(_Strict):
     """Conv+ReLU blocks, Flatten, Linear: only layers auto_LiRPA 0.3 can bound."""
 
     arch: Literal["cnn"]
-    channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32], min_length=1)
-    kernel_size: PositiveInt = 3
-    stride: PositiveInt = 1
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
+    channels: list[PosInt] = Field(default_factory=lambda: [16, 32], min_length=1)
+    kernel_size: PosInt = 3
+    stride: PosInt = 1
+    hidden: list[PosInt] = Field(default_factory=lambda: [64])
 
 
 ModelSpec = Annotated[MlpSpec | CnnSpec, Field(discriminator="arch")]
@@ -142,42 +153,42 @@ ModelSpec = Annotated[MlpSpec | CnnSpec, Field(discriminator="arch")]
 class AdversarialSpec(_Strict):
     """Madry PGD training; the norm is the property's norm."""
 
-    epsilon: PositiveFloat
-    steps: PositiveInt = 10
-    step_size: PositiveFloat | None = Field(
+    epsilon: PosFloat
+    steps: PosInt = 10
+    step_size: PosFloat | None = Field(
         None, description="step as a multiple of epsilon; default 2.5/steps (Madry et al.)"
     )
 
 
 class TrainSpec(_Strict):
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 1e-3
+    epochs: PosInt = 20
+    batch_size: PosInt = 128
+    lr: PosFloat = 1e-3
     optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
-    weight_decay: NonNegativeFloat = 0.0
-    seed: int = Field(0, description="seed of initialisation, shuffling and attack starts")
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    weight_decay: NonNegFloat = 0.0
+    seed: Int = Field(0, description="seed of initialisation, shuffling and attack starts")
     adversarial: AdversarialSpec | None = None
 
 
 # ---------------------------------------------------------------------------------------- unlearning
 class SisaSpec(_Strict):
-    shards: PositiveInt = 5
-    slices: PositiveInt = 4
+    shards: PosInt = 5
+    slices: PosInt = 4
     aggregation: Aggregation = Aggregation.MEAN_LOGITS
 
 
 class AmnesiacSpec(_Strict):
-    repair_epochs: NonNegativeInt = 1
+    repair_epochs: NonNegInt = 1
     dtype: Literal["float32", "float16"] = "float32"
 
 
 class DeleteSpec(_Strict):
     """A deletion request: a seeded fraction of the training set, or a file of sample ids."""
 
-    fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    fraction: Float | None = Field(None, gt=0.0, lt=1.0)
     ids: Path | None = None
-    seed: int = 0
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _one_source(self) -> DeleteSpec:
@@ -206,10 +217,8 @@ class PropertySpec(_Strict):
     """forall x^: ||x - x^||_p < epsilon  =>  M(x^) = y, for every epsilon of the sweep."""
 
     norm: NormField = Norm.INF
-    epsilon: Annotated[list[PositiveFloat], BeforeValidator(_as_list)] = Field(
-        default_factory=lambda: [0.01], min_length=1
-    )
-    label: bool = Field(True, description="true: y is the sample's label; false: M's clean prediction")
+    epsilon: Annotated[list[PosFloat], BeforeValidator(_as_list)] = Field(default_factory=lambda: [0.01], min_length=1)
+    label: StrictBool = Field(True, description="true: y is the sample's label; false: M's clean prediction")
 
     @field_validator("epsilon")
     @classmethod
@@ -223,20 +232,20 @@ class PropertySpec(_Strict):
 
 class VerifySpec(_Strict):
     method: BoundMethod = BoundMethod.CROWN
-    batch_size: PositiveInt = 64
+    batch_size: PosInt = 64
 
 
 class AttackSpec(_Strict):
-    steps: PositiveInt = 50
-    restarts: PositiveInt = 3
-    step_size: PositiveFloat | None = Field(None, description="step as a multiple of epsilon; default 2.5/steps")
+    steps: PosInt = 50
+    restarts: PosInt = 3
+    step_size: PosFloat | None = Field(None, description="step as a multiple of epsilon; default 2.5/steps")
     loss: Literal["margin", "ce"] = "margin"
-    seed: int = 0
+    seed: Int = 0
 
 
 class GateSpec(_Strict):
     metric: GateMetric = GateMetric.CERTIFIED_ACCURACY
-    max_drop: float = Field(0.02, ge=0.0, le=1.0)
+    max_drop: Float = Field(0.02, ge=0.0, le=1.0)
 
 
 class Spec(_Strict):

@@ -15,11 +15,16 @@ Store, under `<run>/amnesiac/`, written once by training and only read afterward
                        while training (each update goes straight to disk) and read-only afterwards
     batches.npz        the batch -> ids index: `ids` (flat, in training order), `offsets` (batches + 1),
                        `epoch` (per batch, 1-based)
+    row_hashes.npy     (batches, 16) uint8: a BLAKE2b digest of each row of updates.npy, computed as
+                       training writes the row (no extra pass over the store)
     store.json         what the store holds: dtype, sizes, parameter names and shapes, and hashes of the
-                       architecture, the training configuration, the training ids and batches.npz, so a
-                       store that does not belong to the run's model is a one-line error instead of a
-                       silent wrong subtraction (updates.npy is checked by shape, dtype and size only:
-                       hashing it would cost what a deletion costs)
+                       architecture, the training configuration, the training ids, batches.npz and
+                       row_hashes.npy, so a store that does not belong to the run's model is a one-line
+                       error instead of a silent wrong subtraction. A deletion checks each row it
+                       subtracts against its recorded digest as it reads it: that is as safe as hashing
+                       the whole of updates.npy first for what it decides (no unchecked byte is ever
+                       subtracted; a row that is never subtracted never touches M'), and costs no read
+                       beyond the rows it needs, where a whole-file hash would cost what a deletion costs
 A deletion writes (always by replacing the file, as `files.staged_update` requires):
     weights.safetensors  the current θ (M after training, M′ after each deletion)
     subtracted.npy       the batch indices subtracted so far (sorted int64): a batch that held ids of
@@ -79,6 +84,7 @@ INDEX_FILE = "batches.npz"
 STORE_FILE = "store.json"
 WEIGHTS_FILE = "weights.safetensors"
 SUBTRACTED_FILE = "subtracted.npy"
+ROW_HASHES_FILE = "row_hashes.npy"
 STORE_SCHEMA = "uverify.amnesiac/1"
 READ_CHUNK_BYTES = 64 << 20  # float64 rows summed at a time: bounds memory whatever the model size
 
@@ -105,6 +111,7 @@ class Store:
     offsets: np.ndarray  # int64, batch b holds ids[offsets[b]:offsets[b + 1]]
     epoch: np.ndarray  # int32, 1-based
     info: dict[str, Any]
+    row_hashes: np.ndarray  # (batches, 16) uint8: what each row of `updates` hashed to when training wrote it
 
     @property
     def batches(self) -> int:
@@ -123,13 +130,26 @@ class Store:
         return self.ids[self.offsets[batch] : self.offsets[batch + 1]]
 
     def sum_updates(self, batches: np.ndarray) -> np.ndarray:
-        """Σ Δθ_b over `batches` in float64, read in sorted order a chunk of rows at a time."""
+        """Σ Δθ_b over `batches` in float64, read in sorted order a chunk of rows at a time; every row read
+        must hash to what training recorded for it, or nothing is subtracted."""
         total = np.zeros(self.updates.shape[1], np.float64)
         rows = np.sort(np.asarray(batches, np.int64))
         step = max(1, READ_CHUNK_BYTES // max(1, self.updates.shape[1] * 8))
         for start in range(0, len(rows), step):
-            total += np.asarray(self.updates[rows[start : start + step]], np.float64).sum(axis=0)
+            chunk = np.asarray(self.updates[rows[start : start + step]])
+            for row, values in zip(rows[start : start + step], chunk, strict=True):
+                if row_hash(values) != bytes(self.row_hashes[row]):
+                    raise UverifyError(
+                        f"{self.folder / UPDATES_FILE}: the recorded update of batch {int(row)} has changed since "
+                        "training wrote it (damaged or tampered); nothing was subtracted"
+                    )
+            total += chunk.astype(np.float64).sum(axis=0)
         return total
+
+
+def row_hash(row: np.ndarray) -> bytes:
+    """A 16-byte BLAKE2b digest of one stored update row, as stored (its dtype's bytes)."""
+    return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
 
 
 class _Recorder:
@@ -145,6 +165,7 @@ class _Recorder:
         with torch.no_grad():
             self.before = parameters_to_vector(self.params).detach().clone()
         self.ids: list[np.ndarray] = []
+        self.hashes: list[bytes] = []
 
     def __call__(self, ids: np.ndarray) -> None:
         row = len(self.ids)
@@ -153,6 +174,7 @@ class _Recorder:
         with torch.no_grad():
             now = parameters_to_vector(self.params).detach().clone()
         self.updates[row] = (now - self.before).numpy()  # cast to the store's dtype here
+        self.hashes.append(row_hash(self.updates[row]))  # while the row is at hand: no second pass over the store
         if self.updates.dtype == np.float16 and not np.isfinite(self.updates[row]).all():
             raise ModelError("a parameter update overflows float16; use unlearning.amnesiac.dtype: float32")
         self.before = now
@@ -283,6 +305,7 @@ class Amnesiac:
         except FileNotFoundError:
             raise UverifyError(f"{where}{INDEX_FILE} is missing") from None
         index = read_npz(folder / INDEX_FILE, f"{where}{INDEX_FILE}", ("ids", "offsets", "epoch"))
+        row_hashes = self._row_hashes(folder, info, where, updates.shape[0])
         ids, offsets, epoch = index["ids"], index["offsets"], index["epoch"]
         consistent = (
             offsets.shape == (updates.shape[0] + 1,)
@@ -297,7 +320,25 @@ class Amnesiac:
             raise UverifyError(
                 f"{where}{INDEX_FILE} does not describe the {updates.shape[0]} batches of {UPDATES_FILE}"
             )
-        return Store(folder, updates, ids.astype(np.int64), offsets.astype(np.int64), epoch.astype(np.int32), info)
+        return Store(
+            folder, updates, ids.astype(np.int64), offsets.astype(np.int64), epoch.astype(np.int32), info, row_hashes
+        )
+
+    @staticmethod
+    def _row_hashes(folder: Path, info: dict[str, Any], where: str, batches: int) -> np.ndarray:
+        """Each row's hash as training recorded it; the file itself must be the one store.json names."""
+        path = folder / ROW_HASHES_FILE
+        if "row_hashes_sha256" not in info or not path.is_file():
+            raise UverifyError(f"{where}{ROW_HASHES_FILE} is missing (a store without tamper evidence: train again)")
+        if sha256_file(path) != info["row_hashes_sha256"]:
+            raise UverifyError(f"{where}{ROW_HASHES_FILE} is not the one {STORE_FILE} describes (replaced or damaged?)")
+        try:
+            hashes = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            raise UverifyError(f"{where}{ROW_HASHES_FILE} is not a readable .npy file") from None
+        if hashes.shape != (batches, 16) or hashes.dtype != np.uint8:
+            raise UverifyError(f"{where}{ROW_HASHES_FILE} does not hold one 16-byte hash per recorded batch")
+        return hashes
 
     def _subtracted(self, run: Path, store: Store) -> np.ndarray:
         name = f"run {run}: {AMNESIAC_DIR}/{SUBTRACTED_FILE}"
@@ -316,6 +357,7 @@ class Amnesiac:
         n_params = sum(p.numel() for p in model.parameters())
         history: list[dict[str, Any]] = []
         recorded: list[np.ndarray] = []
+        hashes: list[bytes] = []
 
         def record(tmp: Path) -> None:
             updates = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.cfg.dtype, shape=(self.batches, n_params))
@@ -326,6 +368,7 @@ class Amnesiac:
             updates.flush()
             history.extend(e.to_json() for e in epochs)
             recorded.extend(recorder.ids)
+            hashes.extend(recorder.hashes)
 
         atomic_write(folder / UPDATES_FILE, record)
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in recorded])]).astype(np.int64)
@@ -334,6 +377,7 @@ class Amnesiac:
         atomic_write_npz(
             folder / INDEX_FILE, {"ids": np.concatenate(recorded).astype(np.int64), "offsets": offsets, "epoch": epoch}
         )
+        atomic_write_npy(folder / ROW_HASHES_FILE, np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, 16))
         self._save_weights(run, model)
         dtype = np.dtype(self.cfg.dtype)
         atomic_write_json(
@@ -355,6 +399,7 @@ class Amnesiac:
                 "training_sha256": self.training_sha256,
                 "training_ids_sha256": self.ids_sha256,
                 "index_sha256": sha256_file(folder / INDEX_FILE),
+                "row_hashes_sha256": sha256_file(folder / ROW_HASHES_FILE),
             },
         )
         return model.eval(), history

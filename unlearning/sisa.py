@@ -276,7 +276,7 @@ class Sisa:
             export_onnx(member, folder.shard_file(k), samples, metadata | {"sisa_shard": k})
             for k, member in enumerate(model.members)
         ]
-        write_vote_manifest(folder.vote_file, [r.path for r in reports])
+        write_vote_manifest(folder.vote_file, [r.path for r in reports], metadata.get("spec_sha256"))
         ops = sorted({op for r in reports for op in r.ops})
         return ExportReport(folder.vote_file, max(r.max_abs_diff for r in reports), ops, reports[0].opset)
 
