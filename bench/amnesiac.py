@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from uverify.datasets import Dataset, Splits, load
-from uverify.datasets.fixtures import write_loan_csv
 from uverify.rundir import DeleteRequest
 from uverify.specs.load import load_spec
 from uverify.specs.schema import AdversarialSpec, Spec
+from uverify.testing.loan import write_loan_csv
 from uverify.unlearning.amnesiac import AMNESIAC_DIR, UPDATES_FILE, Amnesiac
 from uverify.unlearning.metrics import accuracy_on, membership_auc
 from uverify.unlearning.retrain import retrain, trainer_for

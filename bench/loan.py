@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from uverify.datasets.fixtures import write_loan_csv
+from uverify.testing.loan import write_loan_csv
 
 CHILD = """
 import json, resource, sys, time

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from uverify.datasets import Splits, load
-from uverify.datasets.fixtures import write_loan_csv
 from uverify.specs.load import load_spec
 from uverify.specs.schema import Spec
+from uverify.testing.loan import write_loan_csv
 from uverify.unlearning.metrics import accuracy_on
 from uverify.unlearning.sisa import Sisa
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from uverify.errors import DataError
+
+if TYPE_CHECKING:  # the schema pulls in pydantic, which importing the data set types need not
+    from uverify.specs.schema import DataSpec
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> 
     return np.sort(train_idx), np.sort(test_idx)
 
 
-Loader = Callable[[Any], Splits]
+Loader = Callable[["DataSpec"], Splits]  # each takes the one spec class its registry name selects
 _LOADERS: dict[str, str] = {
     # name -> module; imported on use so that loading one data set never imports another's deps
     "mixture": "uverify.datasets.mixture",
@@ -165,7 +168,7 @@ def registered() -> list[str]:
     return list(_LOADERS)
 
 
-def load(data_spec: Any) -> Splits:
+def load(data_spec: DataSpec) -> Splits:
     """Load the data set a spec's `data:` section names; each module exposes `load(spec) -> Splits`."""
     name = data_spec.dataset
     if name not in _LOADERS:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from sklearn.datasets import load_digits
 
 from uverify.datasets.base import Dataset, Domain, Splits, stratified_split
+from uverify.specs.schema import DigitsData
 
 PIXEL_MAX = 16.0  # sklearn's digits are counts 0..16 of set pixels in a 4x4 block
 
 
-def load(spec: Any) -> Splits:
+def load(spec: DigitsData) -> Splits:
     bunch = load_digits()
     X = (np.asarray(bunch.images, dtype=np.float32) / PIXEL_MAX)[:, None, :, :]
     y = np.asarray(bunch.target, dtype=np.int64)

@@ -31,7 +31,8 @@ import pandas as pd
 
 from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split, stratified_subset
 from uverify.datasets.images import RESAMPLE, index_images, read_images
-from uverify.errors import DataError
+from uverify.errors import DataError, one_line
+from uverify.specs.schema import Ham10000Data
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
@@ -64,8 +65,7 @@ def read_metadata(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (ValueError, OSError) as err:  # pandas' parser and decoding errors are ValueErrors
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: cannot read it as {METADATA_FILE} ({reason})") from None
+        raise DataError(f"{path}: cannot read it as {METADATA_FILE} ({one_line(err)})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -106,7 +106,7 @@ def lesion_split(lesions: np.ndarray, y: np.ndarray, test_fraction: float, seed:
     return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
-def load(spec: Any) -> Splits:
+def load(spec: Ham10000Data) -> Splits:
     """Train/test splits of the images the csv lists, split by lesion as the module says."""
     csv_path = resolve_metadata(spec.path)
     root = csv_path.parent if Path(spec.path).expanduser().is_file() else Path(spec.path).expanduser()

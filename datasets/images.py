@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uverify.errors import DataError
+from uverify.errors import DataError, one_line
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 RESAMPLE = "bilinear"
@@ -30,8 +30,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             pixels = np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: cannot read it as an image ({reason})") from None
+        raise DataError(f"{path}: cannot read it as an image ({one_line(err)})") from None
     return pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
 
 

@@ -18,7 +18,7 @@ Sample ids are positions in the sorted list of (label, filename) pairs of the wh
 before `classes` or `subsample` thin it, so an id names the same image under any spec on the same files.
 `classes` keeps the first N class names in sorted order, `subsample` a seeded stratified share of their
 images; the seeded split is stratified with `test_fraction`. Images are decoded and resized one at a time
-as `uverify.datasets.ham10000.read_image` does it (Pillow, BILINEAR, RGB), to float32 (3, S, S) in [0, 1].
+as `uverify.datasets.images.read_image` does it (Pillow, BILINEAR, RGB), to float32 (3, S, S) in [0, 1].
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import pandas as pd
 
 from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_split, stratified_subset
 from uverify.datasets.images import IMAGE_SUFFIXES, RESAMPLE, read_images
-from uverify.errors import DataError
+from uverify.errors import DataError, one_line
+from uverify.specs.schema import MiniImagenetData
 
 SPLIT_FILES = ("train.csv", "val.csv", "test.csv")
 IMAGE_FOLDER = "images"
@@ -77,8 +78,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (ValueError, OSError) as err:  # pandas' parser and decoding errors are ValueErrors
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: cannot read it as a Mini-ImageNet csv ({reason})") from None
+        raise DataError(f"{path}: cannot read it as a Mini-ImageNet csv ({one_line(err)})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
@@ -121,7 +121,7 @@ def from_folders(folders: list[Path]) -> list[tuple[str, str, Path]]:
     return [(folder.name, file.name, file) for folder in folders for file in _images_in(folder)]
 
 
-def load(spec: Any) -> Splits:
+def load(spec: MiniImagenetData) -> Splits:
     """Train/test splits of the first `classes` classes, as the module says."""
     layout, sources = find_layout(spec.path)
     listed = from_csvs(sources) if layout == "csv" else from_folders(sources)

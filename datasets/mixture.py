@@ -5,12 +5,11 @@ Generated from the seed alone, so it needs no files: the embedded default data s
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from uverify.datasets.base import Dataset, Domain, Splits, stratified_split
 from uverify.datasets.preprocess import MinMaxScaler
+from uverify.specs.schema import MixtureData
 
 
 def class_means(classes: int, dims: int, separation: float, rng: np.random.Generator) -> np.ndarray:
@@ -26,7 +25,7 @@ def class_means(classes: int, dims: int, separation: float, rng: np.random.Gener
     return means @ rotation
 
 
-def load(spec: Any) -> Splits:
+def load(spec: MixtureData) -> Splits:
     rng = np.random.default_rng(spec.seed)
     means = class_means(spec.classes, spec.dims, spec.separation * spec.std, rng)
     y = rng.permutation(np.arange(spec.n_samples) % spec.classes).astype(np.int64)

@@ -23,7 +23,8 @@ import scipy.io
 from scipy.io.matlab import MatReadError
 
 from uverify.datasets.base import Dataset, Domain, Splits, class_counts, stratified_subset
-from uverify.errors import DataError
+from uverify.errors import DataError, one_line
+from uverify.specs.schema import SvhnData
 
 TRAIN_FILE = "train_32x32.mat"
 TEST_FILE = "test_32x32.mat"
@@ -57,8 +58,7 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except NotImplementedError:  # scipy's answer to a v7.3 (HDF5) file
         raise DataError(f"{path}: a MATLAB v7.3 file; SVHN ships v5 .mat files ({SOURCE})") from None
     except _READ_ERRORS as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: cannot read it as an SVHN .mat file ({reason})") from None
+        raise DataError(f"{path}: cannot read it as an SVHN .mat file ({one_line(err)})") from None
     missing = [k for k in ("X", "y") if k not in mat]
     if missing:
         raise DataError(f"{path}: no variable {' or '.join(missing)} (an SVHN .mat file holds X and y; {SOURCE})")
@@ -83,7 +83,7 @@ def images(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(spec: Any) -> Splits:
+def load(spec: SvhnData) -> Splits:
     """The files' train and test images; `subsample` thins the training images only."""
     train_path, test_path = resolve_files(spec.path)
     X_train, y_train = read_mat(train_path)

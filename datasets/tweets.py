@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 
 from uverify.datasets.base import Dataset, Domain, Splits, stratified_split, stratified_subset
-from uverify.errors import DataError
+from uverify.errors import DataError, one_line
+from uverify.specs.schema import TweetsData
 
 FILE_NAME = "tweets.csv"
 KAGGLE_URL = "https://www.kaggle.com/datasets/vstepanenko/disaster-tweets"
@@ -146,8 +147,7 @@ def read_tweets(path: Path) -> tuple[np.ndarray, np.ndarray, list[list[str]], st
             encoding_errors="replace",
         )
     except _READ_ERRORS as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: cannot read it as a csv ({reason})") from None
+        raise DataError(f"{path}: cannot read it as a csv ({one_line(err)})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
@@ -188,7 +188,7 @@ def _ids(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
 
 
 # ------------------------------------------------------------------------------------------- loading
-def load(spec: Any) -> Splits:
+def load(spec: TweetsData) -> Splits:
     """Train/test splits of the tweets in `spec.path`, as TF-IDF or bag-of-words vectors."""
     path = resolve_path(spec.path)
     ids, y, documents, how_ids = read_tweets(path)

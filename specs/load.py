@@ -6,15 +6,17 @@ failure is one `SpecError` line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from uverify.errors import SpecError
+from uverify.errors import SpecError, one_line
 from uverify.specs import SPECS_DIR, shipped_specs
-from uverify.specs.messages import describe
-from uverify.specs.schema import Spec
+from uverify.specs.messages import locate
+from uverify.specs.schema import CheckSpec, Spec
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -48,13 +50,22 @@ def resolve_spec_path(ref: str | Path) -> Path:
     raise SpecError(f"spec {text}: no such file (shipped specs: {', '.join(shipped_specs())})")
 
 
-def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None, flags: dict[str, str] | None = None) -> Spec:
     """Read, parse (yaml.safe_load semantics) and validate a spec; every failure is a `SpecError`.
 
     `overrides` maps dotted key paths to values (`{"data.path": "x.csv"}`) applied before validation,
-    so that a command-line option is validated exactly like the same key in the file.
+    so that a command-line option is validated exactly like the same key in the file; `flags` names the
+    option each override came from (`{"property.epsilon": "--epsilon"}`), so that its error blames the
+    option, not the file.
     """
     path = resolve_spec_path(ref)
+    raw = _read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return validate_spec(raw, source=str(path), flags=flags)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))  # a SafeLoader: no Python objects
         try:
@@ -64,24 +75,46 @@ def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise SpecError(f"spec {path}: malformed YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"spec {path}: cannot read: {exc}") from None
     if not isinstance(raw, dict):
         kind = "empty" if raw is None else f"a {type(raw).__name__}, not a mapping"
         raise SpecError(f"spec {path}: the file is {kind}; expected keys such as name, data, model")
-    for dotted, value in (overrides or {}).items():
+    return raw
+
+
+def validate_spec(raw: dict[str, Any], source: str = "<spec>", flags: dict[str, str] | None = None) -> Spec:
+    return _validate(Spec, raw, source, flags)
+
+
+def check_spec_from_flags(name: str, overrides: dict[str, Any], flags: dict[str, str]) -> CheckSpec:
+    """A check's settings without a spec file: the given options over the schema's defaults."""
+    raw: dict[str, Any] = {"name": name}
+    for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
-    return validate_spec(raw, source=str(path))
+    return _validate(CheckSpec, raw, "(command line)", flags)
 
 
-def validate_spec(raw: dict[str, Any], source: str = "<spec>") -> Spec:
+def _validate(model: type[M], raw: dict[str, Any], source: str, flags: dict[str, str] | None) -> M:
+    """`model` validated from `raw`; each problem is blamed on the option it came from, else on `source`."""
     try:
-        return Spec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        problems = [describe(err) for err in exc.errors()]
-        raise SpecError(f"spec {source}: " + "; ".join(problems)) from None
+        from_file, from_flags = [], []
+        for err in exc.errors():
+            where, problem = locate(err)
+            flag = next(
+                (f for key, f in (flags or {}).items() if where == key or where.startswith((f"{key}[", f"{key}."))),
+                None,
+            )
+            if flag is None:
+                from_file.append(f"{where}: {problem}")
+            else:
+                from_flags.append(f"{flag}: {problem}")
+        parts = from_flags + ([f"spec {source}: " + "; ".join(from_file)] if from_file else [])
+        raise SpecError("; ".join(parts)) from None
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -96,4 +129,4 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-__all__ = ["load_spec", "resolve_spec_path", "validate_spec"]
+__all__ = ["check_spec_from_flags", "load_spec", "resolve_spec_path", "validate_spec"]

@@ -20,6 +20,12 @@ from uverify.specs.schema import Spec
 
 def describe(err: Any) -> str:
     """One of `ValidationError.errors()` as `key.path: what is wrong`."""
+    where, problem = locate(err)
+    return f"{where}: {problem}"
+
+
+def locate(err: Any) -> tuple[str, str]:
+    """One of `ValidationError.errors()` as (the key path as the YAML writes it, what is wrong there)."""
     loc: tuple[Any, ...] = tuple(err["loc"])
     shown, model = _walk(loc[:-1] if err["type"] == "extra_forbidden" else loc)
     where = ".".join(str(part) for part in shown) or "(top level)"
@@ -28,24 +34,27 @@ def describe(err: Any) -> str:
         key = str(loc[-1])
         fields = list(model.model_fields) if model is not None else []
         where = ".".join(str(part) for part in (*shown, key))
-        return f"{where}: unknown key{_did_you_mean(key, fields)} (valid keys: {', '.join(fields)})"
+        return where, f"unknown key{_did_you_mean(key, fields)} (valid keys: {', '.join(fields)})"
     if kind == "missing":
-        return f"{where}: required key is missing"
+        return where, "required key is missing"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
         options = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
         tag = str(ctx.get("tag", ""))
         field = ctx.get("discriminator", "").strip("'")
-        return f"{where}.{field}: unknown value {tag!r}{_did_you_mean(tag, options)} (choose from {', '.join(options)})"
+        return (
+            f"{where}.{field}",
+            f"unknown value {tag!r}{_did_you_mean(tag, options)} (choose from {', '.join(options)})",
+        )
     if kind == "union_tag_not_found":
         field = err.get("ctx", {}).get("discriminator", "").strip("'")
-        return f"{where}.{field}: required key is missing"
+        return f"{where}.{field}", "required key is missing"
     if kind in ("literal_error", "enum"):
         options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
         hint = _did_you_mean(str(err.get("input")), options)
-        return f"{where}: invalid value {err.get('input')!r}{hint} (choose from {', '.join(options)})"
+        return where, f"invalid value {err.get('input')!r}{hint} (choose from {', '.join(options)})"
     message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message} (got {err.get('input')!r})"
+    return where, f"{message} (got {err.get('input')!r})"
 
 
 def _did_you_mean(given: str, options: list[str]) -> str:
@@ -111,4 +120,4 @@ def _tag_of(model: Any) -> Any:
     return None
 
 
-__all__ = ["describe"]
+__all__ = ["describe", "locate"]

@@ -264,7 +264,17 @@ class Spec(_Strict):
         return self.train.adversarial or AdversarialSpec(epsilon=max(self.property.epsilon))
 
 
-def spec_sha256(spec: Spec) -> str:
+class CheckSpec(_Strict):
+    """What a check needs of a spec, for `uverify check` on a model and samples without one: a name,
+    the property, the bounds and the attack (a `Spec` has the same sections)."""
+
+    name: str = Field(min_length=1)
+    property: PropertySpec = Field(default_factory=PropertySpec)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+    attack: AttackSpec = Field(default_factory=AttackSpec)
+
+
+def spec_sha256(spec: Spec | CheckSpec) -> str:
     """A stable hash of the validated spec (defaults filled in), recorded in every exported model."""
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

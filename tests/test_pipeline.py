@@ -33,19 +33,20 @@ def test_a_failed_run_leaves_the_previous_run_whole(
 
     monkeypatch.setattr("uverify.unlearning.sisa.export_onnx", broken)  # the method exports
     with pytest.raises(ExportError):
-        train_run(tiny_spec, out, adversarial=False, progress=False)
+        train_run(tiny_spec, out, adversarial=False, progress=False, overwrite=True)
     assert _snapshot(out) == before
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no staging folder left behind
 
 
 def test_a_rerun_replaces_the_whole_directory(tiny_spec: Spec, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train_run(tiny_spec, out, adversarial=False, progress=False)
     (out / "stale.txt").write_text("from an older run")
-    result = train_run(tiny_spec, out, adversarial=False, progress=False)
+    result = train_run(tiny_spec, out, adversarial=False, progress=False, overwrite=True)
+    assert result.replaced
     assert result.out == out and result.model_path == out / "model.onnx"
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "run.json", "sisa", "spec.json", "train_log.json"]
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_a_deletion_killed_half_way_leaves_the_previous_model_and_a_rerun_comple
     with pytest.raises(KeyboardInterrupt):
         unlearn_run(run, ids=ids, progress=False)
     assert _snapshot(run) == snapshot
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
     monkeypatch.setattr(Sisa, "_train_shard", original)
     result = unlearn_run(run, ids=ids, progress=False)
     assert not result.noop and open_run(run).info.deleted == 30

@@ -1,5 +1,5 @@
 """The HAM10000 loader on a metadata csv and JPEGs laid out as the release lays them out
-(datasets/image_fixtures.py)."""
+(uverify.testing.images)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from PIL import Image
 import uverify.datasets
 from uverify.datasets import ham10000
 from uverify.datasets.base import Splits, format_class_balance
-from uverify.datasets.image_fixtures import write_ham10000
 from uverify.errors import DataError
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 from uverify.specs.schema import Ham10000Data
 from uverify.study import study
+from uverify.testing.images import write_ham10000
 
 from helpers import assert_one_line_error, assert_study_is_whole, tiny_image_study_spec
 

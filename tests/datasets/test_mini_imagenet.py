@@ -1,5 +1,5 @@
 """The Mini-ImageNet loader on both common layouts: Ravi & Larochelle's split csvs over images/, and one
-folder per class (datasets/image_fixtures.py)."""
+folder per class (uverify.testing.images)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from PIL import Image
 import uverify.datasets
 from uverify.datasets import mini_imagenet
 from uverify.datasets.base import Splits
-from uverify.datasets.image_fixtures import mini_imagenet_classes, write_mini_imagenet
 from uverify.errors import DataError
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 from uverify.specs.schema import MiniImagenetData
 from uverify.study import study
+from uverify.testing.images import mini_imagenet_classes, write_mini_imagenet
 
 from helpers import assert_one_line_error, assert_study_is_whole, tiny_image_study_spec
 

@@ -1,4 +1,4 @@
-"""The SVHN loader on MATLAB v5 files in SVHN's own layout (datasets/image_fixtures.py)."""
+"""The SVHN loader on MATLAB v5 files in SVHN's own layout (uverify.testing.images)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import scipy.io
 import uverify.datasets
 from uverify.datasets import svhn
 from uverify.datasets.base import Splits
-from uverify.datasets.image_fixtures import write_svhn_mat
 from uverify.errors import DataError
-from uverify.specs import load_spec
+from uverify.specs.load import load_spec
 from uverify.specs.schema import SvhnData
 from uverify.study import study
+from uverify.testing.images import write_svhn_mat
 
 from helpers import assert_one_line_error, assert_study_is_whole, tiny_image_study_spec
 

@@ -1,4 +1,4 @@
-"""The Disaster Tweets loader on synthetic files in the real format (datasets/text_fixtures.py), and the
+"""The Disaster Tweets loader on synthetic files in the real format (uverify.testing.text), and the
 whole pipeline on it: ONNX metadata, CROWN against PGD, the study grid."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from sklearn.linear_model import LogisticRegression
 import uverify.datasets
 from uverify.datasets import tweets
 from uverify.datasets.base import Splits
-from uverify.datasets.text_fixtures import tweets_frame, write_tweets_csv
 from uverify.errors import DataError
-from uverify.specs.schema import Spec, TweetsData, validate_spec
+from uverify.specs.load import validate_spec
+from uverify.specs.schema import Spec, TweetsData
+from uverify.testing.text import tweets_frame, write_tweets_csv
 
 N_ROWS = 600
 VOCABULARY = 100
@@ -242,7 +243,8 @@ def test_exported_model_records_the_vocabulary_and_crown_never_certifies_what_pg
 ) -> None:
     from uverify.models import read_metadata
     from uverify.pipeline import train_run
-    from uverify.verifier.check import check, samples_from_spec
+    from uverify.verifier.check import check
+    from uverify.verifier.samples import samples_from_spec
 
     epsilons = [0.002, 0.05, 0.3]
     spec_ = tiny_tweets_spec(

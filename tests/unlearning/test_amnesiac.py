@@ -308,7 +308,8 @@ def test_a_failure_half_way_leaves_the_run_untouched(
     with pytest.raises(UverifyError, match="simulated"):
         unlearn_run(run_dir, ids=splits.train.ids[5:9], splits=splits, progress=False)
     assert snapshot(run_dir) == before
-    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]  # no staging folder left behind
+    # no staging folder left behind; the lock file stays (removing it would race with a waiting command)
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [".run.lock", "run"]
 
 
 def test_baseline_compares_with_retraining(run_dir: Path, splits: Splits) -> None:

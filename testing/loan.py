@@ -1,4 +1,4 @@
-"""Small synthetic stand-ins for real data files, written in exactly the real format.
+"""Small synthetic Lending Club files, written in exactly the real formats.
 
 The real Lending Club file is 1.6 GB and cannot ship with the package or be fetched in CI, yet the
 loader must be exercised on its quirks: all 151 columns in file order, " 36 months", "10+ years",
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uverify.datasets.loan import COLUMNS
+from uverify.datasets.loan.columns import COLUMNS, RDATASETS_COLUMNS
 
 PREAMBLE = "Notes offered by Prospectus (https://www.lendingclub.com/info/prospectus.action)"
 SUMMARY_ROWS = (
@@ -327,8 +327,6 @@ def write_lending_club_rdatasets_csv(path: str | Path, n_rows: int, seed: int = 
     "rownames" column first, then the 22 predictors and Class "good"/"bad", NA for missing).
 
     "bad" grows with the sub-grade, the interest rate and recent inquiries, so a model can learn it."""
-    from uverify.datasets.loan import RDATASETS_COLUMNS
-
     rng = np.random.default_rng(seed)
     grade = rng.integers(0, 7, n_rows)
     sub = rng.integers(1, 6, n_rows)
