@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from uverify import __version__
-from uverify.errors import ExitStatus, UverifyError
+from uverify.errors import ExitStatus, UverifyError, one_line
 from uverify.kinds import BoundMethod, GateMetric, Norm, UnlearningMethod, values
 from uverify.specs import shipped_specs
 
@@ -25,15 +25,29 @@ class BadInput(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def _usage_line(exc: click.UsageError) -> BadInput:
+    """click's usage error (several lines: usage, hint, error) as the one-line form of every other error."""
+    where = exc.ctx.command_path if exc.ctx is not None else "uverify"
+    return BadInput(f"{where}: {one_line(exc.format_message())} (see {where} --help)")
+
+
 class _Group(click.Group):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
         except UverifyError as exc:
-            raise BadInput(str(exc).replace("\n", " ")) from None
+            raise BadInput(one_line(exc)) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group("uverify", cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="uverify")
 def cli() -> None:
     """Is the unlearned model still robust?
@@ -60,32 +74,78 @@ def _spec_option(f: Any) -> Any:
 _METHODS = click.Choice(values(UnlearningMethod))
 
 
+def _deprecated_method(new: str, choice: click.Choice, multiple: bool = False) -> Any:
+    """The old `--method` spelling, hidden: it meant the unlearning method on train/unlearn/study and the
+    bound method on check. Kept for one release with a warning; `new` is the option that replaces it."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:
+            click.echo(f"warning: --method is deprecated (it meant two things); use {new}", err=True)
+        return value
+
+    return click.option("--method", "old_method", type=choice, hidden=True, multiple=multiple, callback=warn)
+
+
+def _either(new: Any, old: Any, name: str) -> Any:
+    if new and old and new != old:
+        raise UverifyError(f"{name} and the deprecated --method disagree ({new} vs {old})")
+    return new or old
+
+
+def _positive_samples(value: str | None) -> tuple[int | None, Path | None]:
+    """`--samples N` (a count of the spec's samples) or `--samples FILE.npz`; a number is never a file name."""
+    if value is None:
+        return None, None
+    text = value.strip()
+    if text.lstrip("+-").isdigit():
+        return int(text), None  # validated as data.samples, so `--samples -5` fails as the schema says
+    return None, Path(value)
+
+
 @cli.command()
 @_spec_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is already a run (says what it replaces).")
 @click.option("--adversarial", is_flag=True, help="PGD adversarial training (spec's train.adversarial, or defaults).")
-@click.option("--method", type=_METHODS, help="Unlearning method to train for. Default: the spec's unlearning.method.")
+@click.option(
+    "--unlearning", type=_METHODS, help="Unlearning method to train for. Default: the spec's unlearning.method."
+)
+@_deprecated_method("--unlearning", _METHODS)
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(spec_ref: str, out: Path, adversarial: bool, method: str | None, data_path: Path | None, quiet: bool) -> None:
+def train(
+    spec_ref: str,
+    out: Path,
+    overwrite: bool,
+    adversarial: bool,
+    unlearning: str | None,
+    old_method: str | None,
+    data_path: Path | None,
+    quiet: bool,
+) -> None:
     """Train M for later unlearning and export it to ONNX (checked by onnxruntime).
 
     SISA trains the sharded, sliced ensemble with its checkpoints; Amnesiac trains one model and
     records every batch's update. The run directory holds model.onnx (vote.json for a majority vote),
-    run.json, spec.json and train_log.json.
+    run.json, spec.json and train_log.json. OUT must be new or an empty folder; an existing run is
+    replaced only with --overwrite, and a folder of other files never.
 
     \b
     Example:
-      uverify train --spec specs/mixture.yaml --method sisa --out runs/mixture --adversarial
+      uverify train --spec specs/mixture.yaml --unlearning sisa --out runs/mixture --adversarial
     """
     from uverify.pipeline import train_run
     from uverify.specs.load import load_spec
 
+    method = _either(unlearning, old_method, "--unlearning")
     overrides: dict[str, Any] = {"unlearning.method": method} if method else {}
     if data_path:
         overrides["data.path"] = str(data_path)
-    spec = load_spec(spec_ref, overrides or None)
-    run = train_run(spec, out, adversarial=adversarial, progress=not quiet)
+    flags = {"unlearning.method": "--unlearning", "data.path": "--data"}
+    spec = load_spec(spec_ref, overrides or None, flags)
+    run = train_run(spec, out, adversarial=adversarial, progress=not quiet, overwrite=overwrite)
+    if run.replaced:
+        click.echo(f"replaced {out}: {run.replaced}")
     click.echo(_describe(spec.name, run))
 
 
@@ -97,7 +157,10 @@ def train(spec_ref: str, out: Path, adversarial: bool, method: str | None, data_
     required=True,
     help="A run of `uverify train`.",
 )
-@click.option("--method", type=_METHODS, help="The run's method (checked: a SISA run cannot be unlearned by Amnesiac).")
+@click.option(
+    "--unlearning", type=_METHODS, help="The run's method (checked: a SISA run cannot be unlearned by Amnesiac)."
+)
+@_deprecated_method("--unlearning", _METHODS)
 @click.option(
     "--delete",
     "ids_file",
@@ -113,7 +176,8 @@ def train(spec_ref: str, out: Path, adversarial: bool, method: str | None, data_
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def unlearn(
     run_dir: Path,
-    method: str | None,
+    unlearning: str | None,
+    old_method: str | None,
     ids_file: Path | None,
     delete_fraction: float | None,
     seed: int | None,
@@ -129,7 +193,7 @@ def unlearn(
 
     \b
     Example:
-      uverify unlearn --run runs/mixture --method sisa --delete-fraction 0.01 --seed 0
+      uverify unlearn --run runs/mixture --unlearning sisa --delete-fraction 0.01 --seed 0
     """
     from uverify.pipeline import unlearn_run
     from uverify.unlearning.metrics import render_unlearning
@@ -140,7 +204,7 @@ def unlearn(
         fraction=delete_fraction,
         seed=seed,
         from_spec=True,
-        method=method,
+        method=_either(unlearning, old_method, "--unlearning"),
         baseline=baseline,
         metrics_out=json_out,
         progress=not quiet,
@@ -181,16 +245,22 @@ def demo(out: Path, quiet: bool) -> None:
 
 
 @cli.command()
-@_spec_option
+@click.option(
+    "--spec",
+    "spec_ref",
+    metavar="SPEC",
+    help=f"YAML spec file, or a shipped spec: {', '.join(shipped_specs())}. Optional with --samples FILE.npz.",
+)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="The ONNX classifier.")
-@click.option("--method", type=click.Choice(values(BoundMethod)), help="Bound method.")
+@click.option("--bounds", type=click.Choice(values(BoundMethod)), help="Bound method. Default: the spec's, or CROWN.")
+@_deprecated_method("--bounds", click.Choice(values(BoundMethod)))
 @click.option("--norm", type=click.Choice(values(Norm)), help="Norm of the ball.")
 @click.option("--epsilon", type=float, multiple=True, help="Ball radius; repeat for a sweep. Default: the spec's.")
 @click.option(
     "--samples",
     "samples_arg",
     metavar="N|FILE.npz",
-    help="How many samples of the spec's data set, or an .npz with arrays x, y.",
+    help="How many samples of the spec's data set, or an .npz with arrays x, y (and ids).",
 )
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
 @click.option(
@@ -201,9 +271,10 @@ def demo(out: Path, quiet: bool) -> None:
 @click.option("--cross-check", is_flag=True, help="Also attack certified samples (a soundness audit; slower).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(
-    spec_ref: str,
+    spec_ref: str | None,
     model_path: Path,
-    method: str | None,
+    bounds: str | None,
+    old_method: str | None,
     norm: str | None,
     epsilon: tuple[float, ...],
     samples_arg: str | None,
@@ -214,29 +285,43 @@ def check(
 ) -> None:
     """Check the L_p-ball property of an ONNX model: certified (bounds) and empirical (PGD).
 
+    Without --spec, give the samples (--samples FILE.npz) and --epsilon: the other settings are the
+    defaults, the input domain is the one the model records (if any), and the report says so.
     Exit code 0 when the check ran, whatever the robustness (`uverify gate` decides pass/fail).
 
     \b
-    Example:
+    Examples:
       uverify check --spec mixture --model runs/mixture/model.onnx --epsilon 0.01 --epsilon 0.02 --out report.json
+      uverify check --model my_classifier.onnx --samples my_samples.npz --epsilon 0.05
     """
-    from uverify.specs.load import load_spec
+    from uverify.specs.load import check_spec_from_flags, load_spec
     from uverify.verifier.check import check_and_save
     from uverify.verifier.report import render_table
 
+    count, npz = _positive_samples(samples_arg)
     overrides: dict[str, Any] = {}
-    if data_path:
-        overrides["data.path"] = str(data_path)
+    method = _either(bounds, old_method, "--bounds")
     if method:
         overrides["verify.method"] = method
     if norm:
         overrides["property.norm"] = norm
     if epsilon:
         overrides["property.epsilon"] = list(epsilon)
-    npz = Path(samples_arg) if samples_arg is not None and not samples_arg.isdigit() else None
-    if samples_arg is not None and npz is None:
-        overrides["data.samples"] = int(samples_arg)
-    spec = load_spec(spec_ref, overrides)
+    flags = {"verify.method": "--bounds", "property.norm": "--norm", "property.epsilon": "--epsilon"}
+    if spec_ref is None:
+        if npz is None:
+            raise UverifyError("without --spec, give the samples to check as --samples FILE.npz (arrays x, y)")
+        if not epsilon:
+            raise UverifyError("without --spec, give the ball radius as --epsilon E (repeat for a sweep)")
+        if data_path:
+            raise UverifyError("--data overrides a spec's data.path; without --spec there is none")
+        spec: Any = check_spec_from_flags(model_path.stem or "model", overrides, flags)
+    else:
+        if data_path:
+            overrides["data.path"] = str(data_path)
+        if count is not None:
+            overrides["data.samples"] = count
+        spec = load_spec(spec_ref, overrides, {**flags, "data.path": "--data", "data.samples": "--samples"})
     report = check_and_save(model_path, spec, npz, out, progress=not quiet, cross_check=cross_check)
     click.echo(render_table(report))
     if out:
@@ -247,11 +332,19 @@ def check(
 @_spec_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Study directory.")
 @click.option(
-    "--method", "methods", type=_METHODS, multiple=True, help="Limit the grid to these methods. Default: both."
+    "--unlearning", "methods", type=_METHODS, multiple=True, help="Limit the grid to these methods. Default: both."
 )
+@_deprecated_method("--unlearning", _METHODS, multiple=True)
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def study(spec_ref: str, out: Path, methods: tuple[str, ...], data_path: Path | None, quiet: bool) -> None:
+def study(
+    spec_ref: str,
+    out: Path,
+    methods: tuple[str, ...],
+    old_method: tuple[str, ...],
+    data_path: Path | None,
+    quiet: bool,
+) -> None:
     """The seed's study: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
 
     Trains, checks M, unlearns the spec's deletion request, checks M', then writes the RQ1-RQ4 tables
@@ -266,8 +359,9 @@ def study(spec_ref: str, out: Path, methods: tuple[str, ...], data_path: Path | 
     from uverify.study import METHODS, render_study_summary
     from uverify.study import study as run_study
 
-    spec = load_spec(spec_ref, {"data.path": str(data_path)} if data_path else None)
-    result = run_study(spec, out, methods=methods or METHODS, progress=not quiet, echo=click.echo)
+    spec = load_spec(spec_ref, {"data.path": str(data_path)} if data_path else None, {"data.path": "--data"})
+    chosen = tuple(dict.fromkeys(methods + old_method)) or METHODS
+    result = run_study(spec, out, methods=chosen, progress=not quiet, echo=click.echo)
     click.echo(render_study_summary(result, spec))
     click.echo(f"study finished in {result.seconds:.1f} s")
 
@@ -339,7 +433,7 @@ def _describe(name: str, run: Any) -> str:
     return (
         f"{run.training:>11} {run.method} {name}: clean test accuracy {accuracy} (onnxruntime), "
         f"train {run.train_accuracy:.4f}, export max|diff| {run.export_max_abs_diff:.1e}, "
-        f"{run.seconds:.1f} s -> {run.model_path}"
+        f"{run.seconds:.1f} s → {run.model_path}"
     )
 
 

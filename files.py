@@ -33,8 +33,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a written file gets the usual mode
         write(tmp)
+        # after `write`: mkstemp makes the file owner-only, and a writer that recreates it (safetensors)
+        # may too; every file of a run gets the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -102,7 +102,7 @@ def test_unlearn_deletes_logs_and_repeats_as_a_no_op(write_spec, tmp_path: Path)
     train_ids = load(load_spec(str(run / "spec.json")).data).train.ids
     ids = tmp_path / "ids.txt"
     ids.write_text(f"# forget these\n{train_ids[0]}\n{train_ids[3]}, {train_ids[9]}\n")
-    result = _invoke("unlearn", "--run", str(run), "--method", "sisa", "--delete", str(ids), "--quiet")
+    result = _invoke("unlearn", "--run", str(run), "--unlearning", "sisa", "--delete", str(ids), "--quiet")
     assert result.exit_code == 0, result.output
     assert "sisa: deleted 3 of 3 requested ids" in result.output and "retrained: shard" in result.output
     assert "accuracy forgotten" in result.output and "membership AUC" in result.output
@@ -136,7 +136,7 @@ def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Pat
         (["--run", str(run), "--delete-fraction", "0.1", "--delete", str(tmp_path / "empty.txt")], "not both"),
         (["--run", str(run), "--seed", "3"], "--seed goes with --delete-fraction"),
         (["--run", str(run), "--delete-fraction", "2"], "must lie in (0, 1)"),
-        (["--run", str(run), "--method", "amnesiac", "--delete-fraction", "0.1"], "trained for sisa"),
+        (["--run", str(run), "--unlearning", "amnesiac", "--delete-fraction", "0.1"], "trained for sisa"),
     ]
     before = sorted(p.name for p in run.iterdir())
     for args, expected in cases:

@@ -36,7 +36,7 @@ from uverify.errors import UverifyError
 from uverify.files import atomic_write_npz, ensure_writable_dir, sha256_file
 from uverify.models.referee import Referee
 from uverify.models.vote import VoteReferee, is_vote_manifest, read_vote_manifest
-from uverify.specs.schema import Spec, spec_sha256
+from uverify.specs.schema import CheckSpec, Spec, spec_sha256
 from uverify.verifier import lirpa_compat
 from uverify.verifier.bounds import Bounder, verified
 from uverify.verifier.counterexamples import Judge, confirm_counterexamples
@@ -56,13 +56,14 @@ class SoundnessError(RuntimeError):
 
 def check(
     model_path: str | Path,
-    spec: Spec,
+    spec: Spec | CheckSpec,
     samples: Samples,
     domain: Domain | None,
     *,
     progress: bool = True,
     counterexamples: str | Path | None = None,
     cross_check: bool = False,
+    assumed: list[str] | None = None,
 ) -> Report:
     """Run the certified and the empirical check of the spec's property; see the module docstring."""
     started = time.perf_counter()
@@ -75,12 +76,13 @@ def check(
     outcomes = checker.run(progress)
     if counterexamples is not None:
         _save_counterexamples(counterexamples, outcomes, inputs.x.shape[1:])
-    return _report(model_path, spec, samples, target, inputs, outcomes, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return _report(model_path, spec, samples, target, inputs, outcomes, seconds, assumed or [])
 
 
 def check_and_save(
     model_path: Path,
-    spec: Spec,
+    spec: Spec | CheckSpec,
     samples_npz: Path | None,
     out: Path | None,
     *,
@@ -91,11 +93,12 @@ def check_and_save(
     with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`)."""
     if out is not None:
         ensure_writable_dir(out.parent)
-    samples, domain = samples_for_check(spec, model_path, samples_npz)
+    chosen = samples_for_check(spec, model_path, samples_npz)
     counterexamples = out.with_suffix(".counterexamples.npz") if out is not None else None
     report = check(
-        model_path, spec, samples, domain, progress=progress, counterexamples=counterexamples, cross_check=cross_check
-    )
+        model_path, spec, chosen.samples, chosen.domain,
+        progress=progress, counterexamples=counterexamples, cross_check=cross_check, assumed=chosen.assumed,
+    )  # fmt: skip
     if out is not None:
         save_report(report, out)
     return report
@@ -119,7 +122,7 @@ class _Inputs:
         return self.prediction == self.y
 
 
-def _prepare_inputs(target: _Target, samples: Samples, domain: Domain | None, spec: Spec) -> _Inputs:
+def _prepare_inputs(target: _Target, samples: Samples, domain: Domain | None, spec: Spec | CheckSpec) -> _Inputs:
     """Shape the samples for the model, check the imported modules against onnxruntime on them, keep
     them inside the domain, and take onnxruntime's clean predictions."""
     shape = target.input_shape
@@ -157,7 +160,7 @@ class _EpsilonOutcome:
 class _Checker:
     """Bounds first, then PGD on what they left, then onnxruntime on what PGD found, a batch at a time."""
 
-    def __init__(self, target: _Target, spec: Spec, inputs: _Inputs, cross_check: bool) -> None:
+    def __init__(self, target: _Target, spec: Spec | CheckSpec, inputs: _Inputs, cross_check: bool) -> None:
         self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
         self.bounders = [
             Bounder(module, target.input_shape, spec.verify.method, num_classes=inputs.num_classes)
@@ -299,12 +302,13 @@ class _Checker:
 
 def _report(
     model_path: Path,
-    spec: Spec,
+    spec: Spec | CheckSpec,
     samples: Samples,
     target: _Target,
     inputs: _Inputs,
     outcomes: list[_EpsilonOutcome],
     seconds: float,
+    assumed: list[str],
 ) -> Report:
     rows = [
         SampleRow(
@@ -322,6 +326,7 @@ def _report(
         spec=spec.model_dump(mode="json"),
         model={"path": str(model_path), "sha256": sha256_file(model_path), "metadata": target.metadata},
         samples_source=samples.source,
+        assumed=assumed,
         norm=spec.property.norm,
         method=spec.verify.method,
         attack=spec.attack.model_dump(mode="json"),

@@ -69,7 +69,11 @@ def _matching_epsilons(before: Report, after: Report) -> list[tuple[EpsilonResul
 
 
 def _same_samples(before: Report, after: Report) -> None:
-    """Accuracies are fractions of the checked samples: comparable only over the same samples."""
+    """Accuracies are fractions of the checked samples: comparable only over the same samples (of the
+    same data set: ids repeat across data sets, so that is asked first)."""
+    data_before, data_after = _data_set(before), _data_set(after)
+    if data_before and data_after and data_before != data_after:
+        raise UverifyError(f"the reports checked different data sets ({data_before} and {data_after}): not comparable")
     ids_before, ids_after = {row.id for row in before.samples}, {row.id for row in after.samples}
     if ids_before != ids_after:
         only_b, only_a = sorted(ids_before - ids_after), sorted(ids_after - ids_before)
@@ -77,6 +81,12 @@ def _same_samples(before: Report, after: Report) -> None:
             f"the reports checked different samples ({len(only_b)} ids only in the first, e.g. {only_b[:3]}; "
             f"{len(only_a)} only in the second, e.g. {only_a[:3]}): check both with the same spec data section"
         )
+
+
+def _data_set(report: Report) -> str | None:
+    """The data set a report's samples came from, as its spec names it (none for a user's .npz)."""
+    data = report.spec.get("data")
+    return str(data.get("dataset")) if isinstance(data, dict) and data.get("dataset") else None
 
 
 def compare(before: Report, after: Report, before_name: str = "before", after_name: str = "after") -> Comparison:
@@ -154,7 +164,8 @@ def render_comparison(comparison: Comparison, fmt: Literal["table", "markdown", 
         for row in comparison.rows
     ]
     change_header = ["epsilon", "lost certification", "gained certification", "lost robustness", "gained robustness"]
-    title = f"{comparison.before} -> {comparison.after}: L{comparison.norm} ball, {comparison.samples} samples"
+    title = f"{comparison.before} → {comparison.after}: L{comparison.norm} ball, {comparison.samples} samples"
+    legend = "each cell: how many samples, then their ids (the first 10; '-' for none)"
     if fmt == "markdown":
         return "\n".join(
             [
@@ -162,12 +173,14 @@ def render_comparison(comparison: Comparison, fmt: Literal["table", "markdown", 
                 "",
                 _markdown(header, body),
                 "",
-                "Samples that changed:",
+                f"Samples that changed ({legend}):",
                 "",
                 _markdown(change_header, changes),
             ]
         )
-    return "\n".join([title, _plain(header, body), "", _plain(change_header, changes)])
+    return "\n".join(
+        [title, _plain(header, body), "", f"samples that changed ({legend}):", _plain(change_header, changes)]
+    )
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -210,7 +223,7 @@ class GateResult:
         for c in self.checks:
             verdict = "ok" if c.passed else "REGRESSION"
             lines.append(
-                f"  epsilon {c.epsilon:g}: {c.baseline:.4f} -> {c.candidate:.4f} (drop {c.drop:+.4f})  {verdict}"
+                f"  epsilon {c.epsilon:g}: {c.baseline:.4f} → {c.candidate:.4f} (drop {c.drop:+.4f})  {verdict}"
             )
         return "\n".join(lines)
 
@@ -289,7 +302,7 @@ def write_junit(result: GateResult, path: str | Path, baseline: str, candidate: 
         case = ET.SubElement(
             suite, "testcase", classname=f"uverify.gate.{result.metric}", name=f"epsilon={c.epsilon:g}", time="0"
         )
-        message = f"{result.metric} {c.baseline:.4f} -> {c.candidate:.4f}: drop {c.drop:.4f} (max {result.max_drop:g})"
+        message = f"{result.metric} {c.baseline:.4f} → {c.candidate:.4f}: drop {c.drop:.4f} (max {result.max_drop:g})"
         if c.passed:
             ET.SubElement(case, "system-out").text = message
         else:

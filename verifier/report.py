@@ -69,6 +69,9 @@ class Report(_Model):
     spec: dict[str, Any]
     model: ModelInfo
     samples_source: str
+    assumed: list[str] = Field(
+        default_factory=list, description="settings nobody chose (no spec, no recorded domain): the defaults used"
+    )
     norm: Literal["inf", "2", "1"]
     method: str = Field(description="the bound method: IBP, CROWN-IBP, CROWN or alpha-CROWN")
     attack: dict[str, Any]
@@ -133,6 +136,7 @@ def render_table(report: Report) -> str:
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(cell.rjust(w) for cell, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [head, line(cols), line(["-" * w for w in widths])] + [line(row) for row in rows]
+    out += [f"assumed: {note}" for note in report.assumed]
     rejected = sum(r.counts.rejected_counterexamples for r in report.results)
     if rejected:
         out.append(f"note: {rejected} PGD point(s) were not confirmed by onnxruntime and count as unknown")

@@ -16,7 +16,7 @@ from uverify.errors import UverifyError
 from uverify.files import read_npz
 from uverify.models import read_metadata
 from uverify.models.vote import is_vote_manifest, manifest_metadata
-from uverify.specs.schema import Spec
+from uverify.specs.schema import CheckSpec, Spec
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ def samples_from_npz(path: str | Path) -> Samples:
         raise UverifyError(f"samples {path}: y and ids must be integers")
     if len(x) == 0:
         raise UverifyError(f"samples {path}: no samples")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        twice = unique[counts > 1]
+        raise UverifyError(
+            f"samples {path}: ids must be unique; {len(twice)} repeat ({', '.join(map(str, twice[:5]))}"
+            f"{', ...' if len(twice) > 5 else ''})"
+        )
     return Samples(x.astype(np.float32), y.astype(np.int64), ids.astype(np.int64), str(path))
 
 
@@ -79,16 +86,41 @@ def domain_from_metadata(metadata: dict[str, Any]) -> Domain | None:
         raise UverifyError("the model's metadata_props input_domain is malformed") from None
 
 
-def samples_for_check(spec: Spec, model_path: Path, npz: Path | None) -> tuple[Samples, Domain | None]:
+@dataclass(frozen=True)
+class CheckSamples:
+    """The samples of a check, their domain, and what was assumed for want of a spec or metadata (the
+    report lists it, so that a reader knows which settings nobody chose)."""
+
+    samples: Samples
+    domain: Domain | None
+    assumed: list[str]
+
+
+def samples_for_check(spec: Spec | CheckSpec, model_path: Path, npz: Path | None) -> CheckSamples:
     """The spec's samples and domain, or, given `npz`, the user's samples and the domain the model
-    records (none: the ball is unbounded)."""
+    records (none: the ball is not cut to a domain)."""
     if npz is None:
-        return samples_from_spec(spec)
+        if not isinstance(spec, Spec):
+            raise UverifyError("without --spec there is no data set to draw samples from: give --samples FILE.npz")
+        samples, domain = samples_from_spec(spec)
+        return CheckSamples(samples, domain, [])
     samples = samples_from_npz(npz)
-    return samples, domain_from_metadata(model_metadata(model_path)) if model_path.is_file() else None
+    assumed = []
+    if not isinstance(spec, Spec):
+        attack = spec.attack
+        labels = "the samples' y" if spec.property.label else "the model's clean predictions"
+        assumed.append(
+            f"no spec: L{spec.property.norm} ball, {spec.verify.method} bounds, PGD {attack.steps} steps x "
+            f"{attack.restarts} restarts (seed {attack.seed}), {labels} as labels (flags, else defaults)"
+        )
+    domain = domain_from_metadata(model_metadata(model_path)) if model_path.is_file() else None
+    if domain is None:
+        assumed.append("the model records no input domain: the balls are not cut to one")
+    return CheckSamples(samples, domain, assumed)
 
 
 __all__ = [
+    "CheckSamples",
     "Samples",
     "domain_from_metadata",
     "model_metadata",

@@ -138,7 +138,7 @@ def test_junit_has_a_failure_per_regression(tmp_path: Path) -> None:
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "2"
     failures = [case.find("failure") for case in suite.iter("testcase")]
     assert all(f is not None and f.get("type") == "RobustnessRegression" for f in failures)
-    assert "1.0000 -> 0.0000" in (failures[0].get("message") or "")
+    assert "1.0000 → 0.0000" in (failures[0].get("message") or "")
 
 
 def _invoke(*args: str):  # type: ignore[no-untyped-def]
