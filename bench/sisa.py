@@ -23,7 +23,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,7 +45,10 @@ def with_sisa(spec: Spec, shards: int, slices: int) -> Spec:
     return spec.model_copy(update={"unlearning": spec.unlearning.model_copy(update={"sisa": sisa})})
 
 
-def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
     started = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - started, out

@@ -15,6 +15,7 @@ Run: `make bench` (installs the benchmark-only torchattacks) or `.venv/bin/pytho
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from uverify.attacks import margin_loss, pgd_for
 from uverify.datasets import Dataset, load
@@ -156,13 +157,16 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
             keep = torch_model(x).argmax(1) == y
         x, y = x[keep], y[keep]
         for norm, eps in (("inf", eps_inf * 4), ("2", eps_inf * 4 * np.sqrt(x[0].numel()) / 2)):
-            runs: dict[str, Callable[[], torch.Tensor]] = {
-                f"uverify PGD x{r} restarts": lambda r=r: (
+
+            def ours(r: int, norm: str = norm, eps: float = eps, x: Tensor = x, y: Tensor = y) -> Tensor:
+                return (
                     pgd_for(norm, steps=steps, restarts=r)
                     .run(torch_model, x, y, eps, lo, hi, torch.Generator().manual_seed(0))
                     .x_adv
                 )
-                for r in sorted({1, restarts})
+
+            runs: dict[str, Callable[[], torch.Tensor]] = {
+                f"uverify PGD x{r} restarts": functools.partial(ours, r) for r in sorted({1, restarts})
             }
             if norm == "inf":
                 runs["plain torch loop"] = lambda: plain_pgd(
@@ -178,14 +182,14 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
                     as_image = nn.Sequential(nn.Flatten(), torch_model) if x.dim() != 4 else torch_model
                     atk = torchattacks.PGDL2(as_image, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
                 image_x = x if x.dim() == 4 else x.reshape(len(x), 1, 1, -1)
-                runs[f"torchattacks {type(atk).__name__}"] = lambda atk=atk, image_x=image_x: atk(image_x, y).reshape(
-                    x.shape
+                runs[f"torchattacks {type(atk).__name__}"] = functools.partial(
+                    lambda a, xi, yy, shape: a(xi, yy).reshape(shape), atk, image_x, y, x.shape
                 )
             for label, run in runs.items():
                 torch.manual_seed(0)
                 t, x_adv = timed(run, 1)
                 with torch.no_grad():
-                    success = float((margin_loss(torch_model(x_adv), y) > 0).float().mean())  # type: ignore[arg-type]
+                    success = float((margin_loss(torch_model(x_adv), y) > 0).float().mean())
                 print(f"{name:6} {norm:4} {eps:6.3f} {label:24} {1000 * t / len(x):10.3f} {success:8.3f}")
 
 

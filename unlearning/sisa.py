@@ -21,6 +21,7 @@ shard by shard with a vote manifest (see models/vote.py).
 
 from __future__ import annotations
 
+import io
 import pickle  # only for its error type: checkpoints are read with weights_only=True
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import nn
 
 from uverify.datasets import Dataset
 from uverify.errors import UverifyError, one_line
-from uverify.files import atomic_write, atomic_write_npz, read_npz
+from uverify.files import atomic_write, atomic_write_bytes, atomic_write_npz, read_npz
 from uverify.kinds import Aggregation, UnlearningMethod
 from uverify.models import ExportReport, build_model, export_onnx
 from uverify.models.vote import write_vote_manifest
@@ -310,7 +311,7 @@ class Sisa:
                     data, self.epochs, progress=progress, desc=f"shard {shard + 1}/{self.cfg.shards} slice {r + 1}"
                 )
             state = trainer.state_dict()
-            atomic_write(self.checkpoint(run, shard, r), lambda tmp, state=state: torch.save(state, tmp))
+            atomic_write_bytes(self.checkpoint(run, shard, r), _checkpoint_bytes(state))
             logs.append(
                 SliceLog(
                     shard, r + 1, len(data), self.epochs, history[-1].loss if history else None,
@@ -328,3 +329,11 @@ class Sisa:
 
 
 __all__ = ["Manifest", "Sisa", "SisaEnsemble", "SliceLog", "shard_seed", "slice_epochs"]
+
+
+def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """torch.save into memory: saved to a path, the zip archive is named after the (random) temporary
+    file, so the same weights would give different bytes in every run."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

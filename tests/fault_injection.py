@@ -1,0 +1,131 @@
+"""SIGKILL a real uverify command at a chosen file-system operation, and compare run directories.
+
+A kill point is the n-th call, in the command's process, of an operation that changes the file system
+(`os.replace`, `os.rename`, `os.mkdir`, `os.unlink`, `os.rmdir`, `os.fsync`, `shutil.rmtree`, and the
+atomic folder exchange): the process kills itself with SIGKILL just before it. Counting operations rather
+than sleeping a random time puts every kill where it can hurt (between two writes) and makes each point
+reproducible; the points are drawn by a seeded generator from all the operations an uninterrupted run makes.
+
+The commands run in processes forked from a forkserver that has imported uverify once, so a kill point
+costs the command's work, not torch's import (a SIGKILL of such a process is as abrupt as of any other).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# what differs between two uninterrupted runs of one command
+TIMING_KEYS = frozenset({"seconds", "time", "versions", "speedup_vs_retraining"})
+
+
+def _is_timing(key: str) -> bool:
+    return key in TIMING_KEYS or key.endswith("_seconds")
+
+
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["uverify.cli", "uverify.pipeline", "uverify.study", "fault_injection"])
+    return _CONTEXT
+
+
+def _child(args: list[str], cwd: str, kill_at: int, count_file: str) -> None:
+    os.chdir(cwd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    from uverify import files
+
+    calls = [0]
+
+    def counted(fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*a, **k)
+
+        return wrapper
+
+    real_replace = os.replace  # to record the count itself, uncounted
+    for name in ("replace", "rename", "mkdir", "unlink", "rmdir", "fsync"):
+        setattr(os, name, counted(getattr(os, name)))
+    shutil.rmtree = counted(shutil.rmtree)  # type: ignore[assignment]
+    files._exchange = counted(files._exchange)  # type: ignore[attr-defined]
+    from uverify.cli import cli
+
+    code = 0
+    try:
+        cli.main(args, prog_name="uverify", standalone_mode=False)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    except BaseException:
+        code = 3
+    Path(count_file + ".tmp").write_text(str(calls[0]))
+    real_replace(count_file + ".tmp", count_file)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def run(args: list[str], cwd: Path, kill_at: int = 0) -> tuple[int, int | None]:
+    """Run `uverify ARGS` in a fresh process, killed before its `kill_at`-th operation (0: never).
+    Returns the exit code (-9 when killed) and, when it ran to the end, how many operations it made."""
+    count_file = cwd / f".ops.{os.getpid()}"
+    count_file.unlink(missing_ok=True)
+    process = _context().Process(target=_child, args=(args, str(cwd), kill_at, str(count_file)))
+    process.start()
+    process.join()
+    ops = int(count_file.read_text()) if count_file.is_file() else None
+    count_file.unlink(missing_ok=True)
+    return int(process.exitcode if process.exitcode is not None else -1), ops
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, byte for byte (lock files aside: they outlive their commands)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+def normalised(snap: dict[str, bytes]) -> dict[str, Any]:
+    """A snapshot with the JSON files' timings and tool versions dropped: what two uninterrupted runs of
+    the same command share exactly."""
+    out: dict[str, Any] = {}
+    for name, data in snap.items():
+        if name.endswith(".json"):
+            out[name] = _drop_timings(json.loads(data))
+        else:
+            out[name] = data
+    return out
+
+
+def _drop_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_timings(v) for k, v in obj.items() if not _is_timing(k)}
+    if isinstance(obj, list):
+        return [_drop_timings(v) for v in obj]
+    return obj
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Staging folders or temporary files that a finished command should have cleared away."""
+    return sorted(
+        str(p.relative_to(parent))
+        for p in parent.rglob("*")
+        if p.name.endswith((".staging", ".tmp")) or ".old-" in p.name
+    )
