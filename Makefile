@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sisa bench-amnesiac bench-loan clean
+.PHONY: demo test test-faults bench-startup lint bench bench-sisa bench-amnesiac bench-loan clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# 20 seeded SIGKILL points per command (train, unlearn SISA and Amnesiac, study); `make test` runs a few
+test-faults: $(STAMP)
+	UVERIFY_FAULT_POINTS=20 $(BIN)/pytest tests/test_faults.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
@@ -30,6 +34,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/sisa.py
 	$(BIN)/python bench/amnesiac.py
 	$(BIN)/python bench/loan.py
+	$(BIN)/python bench/startup.py
+
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py
 
 bench-sisa: $(STAMP)
 	$(BIN)/python bench/sisa.py
@@ -39,6 +47,7 @@ bench-amnesiac: $(STAMP)
 
 bench-loan: $(STAMP)
 	$(BIN)/python bench/loan.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache

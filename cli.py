@@ -438,4 +438,25 @@ def _describe(name: str, run: Any) -> str:
 
 
 def main() -> None:
-    cli(prog_name="uverify")
+    """The console script. It ends the process with `os._exit` once the command has finished and every
+    exit handler has run: the interpreter's own teardown of torch and auto_LiRPA adds about a second to
+    every command and does nothing a finished command needs (every file it wrote is closed; files.py
+    writes are fsynced and renamed into place before the command returns)."""
+    import atexit
+    import os
+    import sys
+
+    try:
+        cli.main(prog_name="uverify")
+        code: int = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    atexit._run_exitfuncs()  # what a normal exit would run: tempfile clean-up, multiprocessing finalisers
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`uverify ... | head`): nothing more to say
+            code = code or 1
+    os._exit(code)

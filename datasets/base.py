@@ -8,12 +8,12 @@ preprocessing is recorded so that an exported model carries it.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from uverify.errors import DataError
 
@@ -139,7 +139,7 @@ def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
     counts = np.bincount(y)
     classes = int((counts > 0).sum())
     stratify = y if counts[counts > 0].min() >= 2 and classes <= size <= len(y) - classes else None
-    keep, _ = train_test_split(np.arange(len(y)), train_size=size, random_state=seed, stratify=stratify)
+    keep, _ = _shuffle_split(len(y), size, len(y) - size, stratify, seed)
     return np.sort(keep)
 
 
@@ -147,8 +147,54 @@ def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> 
     """Seeded, stratified row indices (train, test), each sorted so ids keep their file order."""
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    train_idx, test_idx = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify)
+    n_test = math.ceil(test_fraction * n)
+    train_idx, test_idx = _shuffle_split(n, n - n_test, n_test, stratify, seed)
     return np.sort(train_idx), np.sort(test_idx)
+
+
+# Written by hand rather than calling scikit-learn's `train_test_split`: importing sklearn costs every
+# command 1-2 s of start-up (it pulls in scipy.stats and pandas) for these few lines. The draw is the
+# one `train_test_split(..., random_state=seed, stratify=...)` makes, so every split, and every result
+# built on one, is unchanged: tests/datasets/test_splits.py compares the two on many random cases.
+def _shuffle_split(
+    n: int, n_train: int, n_test: int, stratify: np.ndarray | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test) of sizes n_train, n_test, unsorted; per class in proportion when
+    `stratify` is given."""
+    rng = np.random.RandomState(seed)
+    if stratify is None:
+        order = rng.permutation(n)
+        return order[n_test : n_test + n_train], order[:n_test]
+    _, y = np.unique(stratify, return_inverse=True)
+    counts = np.bincount(y)
+    members = np.split(np.argsort(y, kind="mergesort"), np.cumsum(counts)[:-1])
+    train_per_class = _approximate_mode(counts, n_train, rng)
+    test_per_class = _approximate_mode(counts - train_per_class, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for rows, k_train, k_test in zip(members, train_per_class, test_per_class, strict=True):
+        shuffled = rows.take(rng.permutation(len(rows)), mode="clip")
+        train.extend(shuffled[:k_train])
+        test.extend(shuffled[k_train : k_train + k_test])
+    return np.asarray(train, dtype=np.int64), np.asarray(test, dtype=np.int64)
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `draws` to take from each class: the proportional share rounded down, the rest given
+    to the classes with the largest remainders (ties broken at random)."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    missing = int(draws - floored.sum())
+    if missing > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), missing)
+            floored[rng.choice(tied, size=now, replace=False)] += 1
+            missing -= now
+            if missing == 0:
+                break
+    return floored.astype(int)
 
 
 Loader = Callable[["DataSpec"], Splits]  # each takes the one spec class its registry name selects

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# what differs between two uninterrupted runs of one command
-TIMING_KEYS = frozenset({"seconds", "time", "versions", "speedup_vs_retraining"})
+# what differs between two uninterrupted runs of one command (timings, tool versions), and a study's
+# record of which steps a rerun reused (a resumed study says so; its results are the same)
+TIMING_KEYS = frozenset({"seconds", "time", "versions", "speedup_vs_retraining", "reused"})
 
 
 def _is_timing(key: str) -> bool:
