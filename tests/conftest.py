@@ -20,7 +20,7 @@ def tiny_spec() -> Spec:
 
 
 @pytest.fixture
-def write_spec(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write_spec(tmp_path: Path):
     """Write a spec dict (or raw text) to a YAML file and return its path."""
 
     def write(content: dict[str, Any] | str, name: str = "spec.yaml") -> Path:

@@ -62,8 +62,8 @@ def _child(args: list[str], cwd: str, kill_at: int, count_file: str) -> None:
     real_replace = os.replace  # to record the count itself, uncounted
     for name in ("replace", "rename", "mkdir", "unlink", "rmdir", "fsync"):
         setattr(os, name, counted(getattr(os, name)))
-    shutil.rmtree = counted(shutil.rmtree)  # type: ignore[assignment]
-    files._exchange = counted(files._exchange)  # type: ignore[attr-defined]
+    shutil.rmtree = counted(shutil.rmtree)
+    files._exchange = counted(files._exchange)
     from uverify.cli import cli
 
     code = 0

@@ -15,7 +15,7 @@ from uverify.specs.load import load_spec
 from helpers import tiny_spec_dict
 
 
-def _invoke(*args: str):  # type: ignore[no-untyped-def]
+def _invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
@@ -27,7 +27,7 @@ def test_help_shows_an_example_for_every_command() -> None:
         assert result.exit_code == 0 and "Example" in result.output, command
 
 
-def test_train_writes_a_validated_run_directory(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_writes_a_validated_run_directory(write_spec, tmp_path: Path) -> None:
     spec_path = write_spec(tiny_spec_dict())
     out = tmp_path / "run"
     result = _invoke("train", "--spec", str(spec_path), "--out", str(out), "--quiet")
@@ -46,7 +46,7 @@ def test_train_writes_a_validated_run_directory(write_spec, tmp_path: Path) -> N
     assert float((preds == splits.test.y).mean()) == log["test_accuracy_onnxruntime"]
 
 
-def test_adversarial_flag_uses_the_spec_settings(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_adversarial_flag_uses_the_spec_settings(write_spec, tmp_path: Path) -> None:
     raw = tiny_spec_dict(train={"epochs": 1, "batch_size": 64, "adversarial": {"epsilon": 0.03, "steps": 2}})
     out = tmp_path / "adv"
     result = _invoke("train", "--spec", str(write_spec(raw)), "--out", str(out), "--adversarial", "--quiet")
@@ -58,7 +58,7 @@ def test_adversarial_flag_uses_the_spec_settings(write_spec, tmp_path: Path) -> 
     assert meta["training"] == "adversarial" and json.loads(meta["input_domain"])["shape"] == [4]
 
 
-def test_same_spec_same_model_bytes(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_spec_same_model_bytes(write_spec, tmp_path: Path) -> None:
     spec_path = str(write_spec(tiny_spec_dict()))
     for name in ("a", "b"):  # the same spec file, trained twice
         assert _invoke("train", "--spec", spec_path, "--out", str(tmp_path / name), "--quiet").exit_code == 0
@@ -69,7 +69,7 @@ def test_same_spec_same_model_bytes(write_spec, tmp_path: Path) -> None:  # type
         assert all(torch.equal(wa[k], wb[k]) for k in wa), a
 
 
-def test_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:
     cases = [
         (["--spec", str(tmp_path / "missing.yaml")], "no such file"),
         (["--spec", str(write_spec("name: [unclosed\n", "a.yaml"))], "malformed YAML"),
@@ -96,7 +96,7 @@ def test_usage_errors_exit_2() -> None:
     assert _invoke("no-such-command").exit_code == 2
 
 
-def test_unlearn_deletes_logs_and_repeats_as_a_no_op(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unlearn_deletes_logs_and_repeats_as_a_no_op(write_spec, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _invoke("train", "--spec", str(write_spec(tiny_spec_dict())), "--out", str(run), "--quiet").exit_code == 0
     train_ids = load(load_spec(str(run / "spec.json")).data).train.ids
@@ -121,7 +121,7 @@ def test_unlearn_deletes_logs_and_repeats_as_a_no_op(write_spec, tmp_path: Path)
     assert meta["deleted"] == len(np.load(run / "deleted_ids.npy"))
 
 
-def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _invoke("train", "--spec", str(write_spec(tiny_spec_dict())), "--out", str(run), "--quiet").exit_code == 0
     (tmp_path / "unknown.txt").write_text("100000\n100001\n")
@@ -147,7 +147,7 @@ def test_unlearn_bad_input_is_one_line_and_exit_code_2(write_spec, tmp_path: Pat
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written, nothing lost
 
 
-def test_the_ci_example_runs_as_written(write_spec, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_ci_example_runs_as_written(write_spec, tmp_path: Path, monkeypatch) -> None:
     """Every `uverify` line of examples/github-actions/uverify.yml, in order, on a tiny spec."""
     import os
     import shlex

@@ -109,7 +109,7 @@ def test_a_deletion_killed_half_way_leaves_the_previous_model_and_a_rerun_comple
     original = Sisa._train_shard
     calls = []
 
-    def killed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def killed(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # the second shard: the first one's checkpoints are already rewritten
             raise KeyboardInterrupt

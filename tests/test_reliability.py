@@ -61,7 +61,7 @@ with locked(sys.argv[1]):
 """
 
 
-def test_a_second_command_on_a_locked_run_is_refused_and_changes_nothing(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_command_on_a_locked_run_is_refused_and_changes_nothing(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run")
     before = _snapshot(run)
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
@@ -81,7 +81,7 @@ def test_a_second_command_on_a_locked_run_is_refused_and_changes_nothing(write_s
     assert _invoke("unlearn", "--run", str(run), "--delete-fraction", "0.05", "--quiet").exit_code == 0
 
 
-def test_two_real_processes_racing_on_one_run_lose_no_deletion(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_real_processes_racing_on_one_run_lose_no_deletion(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run")
     train_ids = np.sort(load(load_spec(str(run / "spec.json")).data).train.ids)
     requests = [train_ids[:4], train_ids[10:14]]
@@ -106,7 +106,7 @@ def test_two_real_processes_racing_on_one_run_lose_no_deletion(write_spec, tmp_p
 
 
 # ------------------------------------------------------------------------------- train targets
-def test_train_never_deletes_what_its_target_holds(write_spec, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_train_never_deletes_what_its_target_holds(write_spec, tmp_path: Path, monkeypatch) -> None:
     spec = str(write_spec(tiny_spec_dict()))
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -131,7 +131,7 @@ def test_train_never_deletes_what_its_target_holds(write_spec, tmp_path: Path, m
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(STAGING_SUFFIX)]
 
 
-def test_stale_staging_of_a_dead_process_is_removed_and_errors_name_the_users_path(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stale_staging_of_a_dead_process_is_removed_and_errors_name_the_users_path(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f"{staging_name(run.absolute(), int(dead.stdout))}x1{STAGING_SUFFIX}"
@@ -165,7 +165,7 @@ def test_stale_staging_of_a_dead_process_is_removed_and_errors_name_the_users_pa
 )
 def test_lax_types_are_refused_with_the_key_path(
     write_spec, tmp_path: Path, section: str, value: Any, where: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     spec = write_spec(tiny_spec_dict(**{section: value}))
     _one_line_error(_invoke("train", "--spec", str(spec), "--out", str(tmp_path / "out"), "--quiet"), where)
     assert not (tmp_path / "out").exists()
@@ -180,7 +180,7 @@ def _vote_run(write_spec: Any, out: Path, seed: int = 0) -> Path:
     )  # fmt: skip
 
 
-def test_a_tampered_vote_is_refused(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_tampered_vote_is_refused(write_spec, tmp_path: Path) -> None:
     run = _vote_run(write_spec, tmp_path / "run")
     vote = run / "vote.json"
     original = json.loads(vote.read_text())
@@ -207,7 +207,7 @@ def test_a_tampered_vote_is_refused(write_spec, tmp_path: Path) -> None:  # type
     _one_line_error(_invoke(*check), "was trained from another spec")
 
 
-def test_one_changed_value_in_the_amnesiac_store_is_caught_before_it_is_subtracted(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_one_changed_value_in_the_amnesiac_store_is_caught_before_it_is_subtracted(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run", unlearning={"method": "amnesiac"})
     batches = np.load(run / "amnesiac" / "batches.npz")
     first_batch = batches["ids"][batches["offsets"][0] : batches["offsets"][1]]
@@ -230,7 +230,7 @@ def _umask() -> int:
 
 
 # ---------------------------------------------------------------------------------- CLI friction
-def test_check_flags_samples_and_usage_errors_are_one_line(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_check_flags_samples_and_usage_errors_are_one_line(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run")
     base = ("check", "--spec", str(run / "spec.json"), "--model", str(run / "model.onnx"), "--quiet")
     _one_line_error(_invoke(*base, "--epsilon", "0"), "--epsilon: ")
@@ -252,7 +252,7 @@ def test_check_flags_samples_and_usage_errors_are_one_line(write_spec, tmp_path:
     )
 
 
-def test_check_without_a_spec_takes_the_flags_and_says_what_it_assumed(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_check_without_a_spec_takes_the_flags_and_says_what_it_assumed(write_spec, tmp_path: Path) -> None:
     run = _train(write_spec, tmp_path / "run")
     splits = load(load_spec(str(run / "spec.json")).data)
     np.savez(tmp_path / "mine.npz", x=splits.test.X[:8], y=splits.test.y[:8])

@@ -126,7 +126,7 @@ def test_a_new_attack_rechecks_without_retraining(finished: StudyResult, tmp_pat
     assert {c.run.name for c in again.cells} == {"sisa-standard", "sisa-adversarial"}
 
 
-def test_study_and_bad_methods_on_the_command_line(tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_study_and_bad_methods_on_the_command_line(tmp_path: Path, write_spec) -> None:
     result = CliRunner().invoke(
         cli, ["study", "--spec", str(write_spec(tiny_spec_dict(), "s.yaml")), "--out", str(tmp_path / "x"),
               "--method", "astrology", "--quiet"],

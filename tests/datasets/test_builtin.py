@@ -13,7 +13,7 @@ def test_registry_lists_the_foundation_data_sets() -> None:
 
 
 @pytest.mark.parametrize("spec", [MixtureData(dataset="mixture", n_samples=500), DigitsData(dataset="digits")])
-def test_splits_are_deterministic_disjoint_and_inside_the_domain(spec) -> None:  # type: ignore[no-untyped-def]
+def test_splits_are_deterministic_disjoint_and_inside_the_domain(spec) -> None:
     a, b = load(spec), load(spec)
     for part_a, part_b in ((a.train, b.train), (a.test, b.test)):
         np.testing.assert_array_equal(part_a.ids, part_b.ids)

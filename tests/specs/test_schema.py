@@ -112,7 +112,7 @@ def test_hash_is_stable_and_sensitive() -> None:
         ),
     ],
 )
-def test_bad_specs_give_one_line_with_the_key_path(write_spec, content: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_specs_give_one_line_with_the_key_path(write_spec, content: str, expected: str) -> None:
     path = write_spec(content)
     with pytest.raises(SpecError) as info:
         load_spec(path)
@@ -131,7 +131,7 @@ def test_missing_spec_names_the_shipped_ones(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
-def test_overrides_are_validated_like_the_file(write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_overrides_are_validated_like_the_file(write_spec) -> None:
     path = write_spec(tiny_spec_dict())
     assert load_spec(path, {"train.epochs": 7}).train.epochs == 7
     with pytest.raises(SpecError, match=r"train\.epochs"):

@@ -14,7 +14,7 @@ def _weights(model: torch.nn.Module) -> list[np.ndarray]:
     return [p.detach().numpy().copy() for p in model.parameters()]
 
 
-def _train(spec: Spec, seed: int, adversarial: AdversarialSpec | None = None, epochs: int | None = None):  # type: ignore[no-untyped-def]
+def _train(spec: Spec, seed: int, adversarial: AdversarialSpec | None = None, epochs: int | None = None):
     splits = load(spec.data)
     model = build_model(spec.model, splits.train.input_shape, splits.train.num_classes, seed=seed)
     trainer = Trainer(model, spec.train, adversarial=adversarial, norm=spec.property.norm, seed=seed)

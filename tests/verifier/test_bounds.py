@@ -141,10 +141,11 @@ def test_alpha_crown_is_at_least_crown_on_a_relu_mlp(bounders, norm):
 
 def _linear_case():
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(5, 4))
+    layer = nn.Linear(5, 4)
+    model = nn.Sequential(layer)
     x = torch.rand(3, 5)
     y = torch.tensor([0, 3, 1])
-    weight = model[0].weight.detach().double()
+    weight = layer.weight.detach().double()
     others = other_classes(y, 4)
     rows = weight[y].unsqueeze(1) - weight[others]  # (batch, K-1, features): w_y − w_j
     with torch.no_grad():

@@ -37,7 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Spec, Path]:
     return spec, out / "model.onnx"
 
 
-def _numbers(report) -> list:  # type: ignore[no-untyped-def]
+def _numbers(report) -> list:
     return [(r.epsilon, r.clean_accuracy, r.certified_accuracy, r.pgd_accuracy, r.counts) for r in report.results]
 
 
@@ -100,7 +100,7 @@ def test_a_certified_sample_with_a_counterexample_is_raised_never_reported(
     spec, model = trained
     samples, domain = samples_from_spec(spec)
 
-    def unsound(self, x, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def unsound(self, x, y, *args, **kwargs):
         return torch.ones(len(x), self.num_classes - 1)
 
     monkeypatch.setattr("uverify.verifier.bounds.Bounder.margins", unsound)
@@ -116,11 +116,11 @@ def test_label_false_checks_the_models_own_prediction(trained: tuple[Spec, Path]
     assert all(r.counts.misclassified == 0 and r.clean_accuracy == 1.0 for r in report.results)
 
 
-def _cli(*args: str):  # type: ignore[no-untyped-def]
+def _cli(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_cli_check_with_an_npz_of_samples(trained: tuple[Spec, Path], tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_cli_check_with_an_npz_of_samples(trained: tuple[Spec, Path], tmp_path: Path, write_spec) -> None:
     spec, model = trained
     test = load(spec.data).test
     np.savez(tmp_path / "s.npz", x=test.X[:10], y=test.y[:10], ids=test.ids[:10])
@@ -151,7 +151,7 @@ def _corrupt_copies(model: Path, tmp_path: Path) -> dict[str, Path]:
     return {"truncated": truncated, "garbage": garbage, "nan": nan}
 
 
-def test_cli_bad_input_is_one_line_exit_2(trained: tuple[Spec, Path], tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_cli_bad_input_is_one_line_exit_2(trained: tuple[Spec, Path], tmp_path: Path, write_spec) -> None:
     _, model = trained
     spec_path = str(write_spec(SPEC))
     bad = _corrupt_copies(model, tmp_path)

@@ -42,7 +42,7 @@ def test_set_opset_version_shim(lirpa):
     import torch.onnx.symbolic_helper as symbolic_helper
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
 
-    setter = symbolic_helper._set_opset_version
+    setter = symbolic_helper._set_opset_version  # type: ignore[attr-defined]
     before = GLOBALS.export_onnx_opset_version
     try:
         setter(12)
@@ -52,7 +52,7 @@ def test_set_opset_version_shim(lirpa):
     finally:
         GLOBALS.export_onnx_opset_version = before
     lirpa_compat.apply()
-    assert symbolic_helper._set_opset_version is setter
+    assert symbolic_helper._set_opset_version is setter  # type: ignore[attr-defined]
 
 
 def test_node_getitem_shim(lirpa):

@@ -35,15 +35,17 @@ EPS = {"inf": 0.05, "2": 0.15, "1": 0.3}
 WHOLE_BOX = {"inf": 1.0, "2": 2.3, "1": 5.0}  # balls that cover the unit box [0, 1]^5
 
 
-def _mlp() -> nn.Module:
+def _mlp() -> nn.Sequential:
     """A random ReLU net whose decision boundaries cross the unit box (plain init predicts one class)."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
     probe = torch.rand(4000, 5)
     with torch.no_grad():
         for k in (0, 2, 4):
-            net[k].weight.mul_(3)
-            net[k].bias.sub_(net[: k + 1](probe).mean(0))  # centre each layer's pre-activations on the box
+            layer = net[k]
+            assert isinstance(layer, nn.Linear)
+            layer.weight.mul_(3)
+            layer.bias.sub_(net[: k + 1](probe).mean(0))  # centre each layer's pre-activations on the box
     return net
 
 
@@ -61,7 +63,9 @@ def _softmax_ensemble() -> nn.Module:
 
     members = [_mlp(), _mlp()]
     with torch.no_grad():
-        members[1][4].weight.mul_(-0.5)  # a second member that disagrees with the first
+        last = members[1][4]
+        assert isinstance(last, nn.Linear)
+        last.weight.mul_(-0.5)  # a second member that disagrees with the first
     return SisaEnsemble(members, "mean_softmax")
 
 
@@ -110,7 +114,7 @@ def _margins(module: nn.Module, x: torch.Tensor, y: int) -> torch.Tensor:
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("net", sorted(NETS))
-def test_no_bound_beats_a_sampled_or_attacked_point(imported, net: str, method: str, norm: str) -> None:  # type: ignore[no-untyped-def]
+def test_no_bound_beats_a_sampled_or_attacked_point(imported, net: str, method: str, norm: str) -> None:
     model, _, xs = imported[net]
     module = model.module
     x = torch.from_numpy(xs[:4])
@@ -131,7 +135,7 @@ def test_no_bound_beats_a_sampled_or_attacked_point(imported, net: str, method: 
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("method", METHODS)
-def test_check_never_certifies_a_confirmed_counterexample(imported, method: str, norm: str) -> None:  # type: ignore[no-untyped-def]
+def test_check_never_certifies_a_confirmed_counterexample(imported, method: str, norm: str) -> None:
     model, path, _ = imported["mlp"]
     xs = np.random.default_rng(5).random((30, 5), dtype=np.float32)
     with torch.no_grad():
