@@ -35,9 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/amnesiac.py
 	$(BIN)/python bench/loan.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/export.py
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/export.py
 
 bench-sisa: $(STAMP)
 	$(BIN)/python bench/sisa.py
@@ -48,6 +50,7 @@ bench-amnesiac: $(STAMP)
 bench-loan: $(STAMP)
 	$(BIN)/python bench/loan.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache

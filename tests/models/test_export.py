@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from uverify.errors import ExportError, ModelError
+from uverify.kinds import Aggregation
 from uverify.models import build_model, export_onnx, read_metadata, registered
+from uverify.models import export as export_module
 from uverify.models.referee import Agreement, agreement
 from uverify.specs.schema import CnnSpec, MlpSpec
+from uverify.unlearning.sisa import SisaEnsemble
 
 ARCHS = {
     "mlp": (MlpSpec(arch="mlp", hidden=[16, 8]), (6,)),
@@ -58,6 +61,41 @@ def test_a_mismatch_is_detected_and_nothing_is_written(tmp_path: Path, monkeypat
         export_onnx(a, tmp_path / "bad.onnx", samples)
     assert not (tmp_path / "bad.onnx").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]  # no temp file left behind
+
+
+def _fresh(model: torch.nn.Module, path: Path, samples: np.ndarray) -> bytes:
+    """An export with no template in this process: what the first export of an architecture writes."""
+    export_module._TEMPLATES.clear()
+    export_onnx(model, path, samples)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_an_export_from_the_template_is_byte_for_byte_a_fresh_one(arch: str, tmp_path: Path) -> None:
+    spec, shape = ARCHS[arch]
+    samples = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+    a, b = build_model(spec, shape, 3, seed=0), build_model(spec, shape, 3, seed=1)
+    fresh_b = _fresh(b, tmp_path / "fresh_b.onnx", samples)
+    _fresh(a, tmp_path / "a.onnx", samples)
+    assert len(export_module._TEMPLATES) == 1  # a's graph is kept ...
+    export_onnx(b, tmp_path / "b.onnx", samples)  # ... and b gets it with b's weights
+    assert (tmp_path / "b.onnx").read_bytes() == fresh_b
+    assert len(export_module._TEMPLATES) == 1
+
+
+def test_the_template_is_per_structure_and_per_aggregation(tmp_path: Path) -> None:
+    spec, shape = ARCHS["mlp"]
+    samples = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+    members = [build_model(spec, shape, 3, seed=s) for s in range(2)]
+    fresh = {agg: _fresh(SisaEnsemble(members, agg), tmp_path / f"{agg}.onnx", samples) for agg in Aggregation}
+    export_module._TEMPLATES.clear()
+    for agg in Aggregation:  # same members and weights, other graphs: each aggregation its own template
+        export_onnx(SisaEnsemble(members, agg), tmp_path / "e.onnx", samples)
+        assert (tmp_path / "e.onnx").read_bytes() == fresh[agg]
+    wider = build_model(MlpSpec(arch="mlp", hidden=[16, 9]), shape, 3, seed=0)
+    export_onnx(wider, tmp_path / "w.onnx", samples)
+    assert (tmp_path / "w.onnx").read_bytes() == _fresh(wider, tmp_path / "w2.onnx", samples)
+    assert len(export_module._TEMPLATES) == 1
 
 
 def test_cnn_on_flat_data_is_a_clear_error() -> None:
