@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-faults bench-startup lint bench bench-sisa bench-amnesiac bench-loan clean
+.PHONY: demo test test-faults bench-startup bench-export lint bench bench-sisa bench-amnesiac bench-loan clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -39,6 +39,8 @@ bench: $(STAMP)
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
+
+bench-export: $(STAMP)
 	$(BIN)/python bench/export.py
 
 bench-sisa: $(STAMP)
