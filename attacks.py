@@ -21,9 +21,13 @@ from uverify.errors import UverifyError
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """max_{j != y} z_j - z_y per sample: positive exactly when the sample is misclassified."""
+    return _margin_given(logits, y, nn.functional.one_hot(y, logits.shape[1]).bool())
+
+
+def _margin_given(logits: torch.Tensor, y: torch.Tensor, is_y: torch.Tensor) -> torch.Tensor:
+    """`margin_loss` with the one-hot mask of y computed once per attack rather than at every step."""
     true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-    return others.max(dim=1).values - true
+    return logits.masked_fill(is_y, float("-inf")).max(dim=1).values - true
 
 
 def _targeted_margin(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -154,30 +158,43 @@ class PGD(ABC):
             fresh = restart <= targets  # the untargeted pass and one pass per target start at x
             start = self.random_start(xa, eps, gen) if self.random_first_start or not fresh else 0.0
             x_adv = torch.max(torch.min(xa + start, hi), lo)
+            # this restart's best points, kept locally and written back once: indexing the whole batch's
+            # tensors at every step costs more than the tiny models' forward passes
+            b_x, b_margin, b_loss = best_x[idx], best_margin[idx], best_loss[idx]
+            is_y = nn.functional.one_hot(ya, clean_logits.shape[1]).bool()
+            untargeted_margin = loss_fn is margin_loss
+            row = (-1, *([1] * (x.dim() - 1)))
             for step in range(self.steps + 1):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
-                loss = loss_fn(logits, ya)
+                if untargeted_margin:  # the loss is the margin: one computation serves both
+                    loss = _margin_given(logits, ya, is_y)
+                    margin = loss.detach()
+                else:
+                    loss = loss_fn(logits, ya)
+                    margin = _margin_given(logits.detach(), ya, is_y)
                 with torch.no_grad():
-                    margin = margin_loss(logits, ya)
-                    score = margin if self.loss is margin_loss else loss  # comparable across restarts
+                    score = margin if self.loss is margin_loss else loss.detach()  # comparable across restarts
                     if self.early_stop:  # a success beats a failure, whatever the loss says
-                        won, had = margin > 0, best_margin[idx] > 0
-                        better = (won & ~had) | ((won == had) & (score > best_loss[idx]))
+                        won, had = margin > 0, b_margin > 0
+                        better = (won & ~had) | ((won == had) & (score > b_loss))
                     else:
-                        better = score > best_loss[idx]
-                    best_x[idx[better]] = x_adv.detach()[better]
-                    best_margin[idx[better]] = margin[better]
-                    best_loss[idx[better]] = score[better]
-                if step == self.steps or (self.early_stop and bool((best_margin[idx] > 0).all())):
+                        better = score > b_loss
+                    b_x = torch.where(better.view(row), x_adv.detach(), b_x)
+                    b_margin = torch.where(better, margin, b_margin)
+                    b_loss = torch.where(better, score, b_loss)
+                    done = b_margin > 0
+                if step == self.steps or (self.early_stop and bool(done.all())):
                     break
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
                 with torch.no_grad():
-                    keep = ~(best_margin[idx] > 0) if self.early_stop else torch.ones_like(ya, dtype=torch.bool)
-                    step_dir = self.direction(grad, x_adv, lo, hi) * keep.view(-1, *([1] * (x.dim() - 1)))
+                    step_dir = self.direction(grad, x_adv, lo, hi)
+                    if self.early_stop:
+                        step_dir = step_dir * (~done).view(row)
                     moved = x_adv + alpha * step_dir
                     x_adv = xa + self.project(moved - xa, eps)
                     x_adv = torch.max(torch.min(x_adv, hi), lo)
+            best_x[idx], best_margin[idx], best_loss[idx] = b_x, b_margin, b_loss
         return AttackResult(best_x.detach(), best_margin, best_margin > 0)
 
     def _nearest_classes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -142,14 +142,14 @@ def plain_pgd(
     return x_adv.detach()
 
 
-def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
+def bench_pgd(models: dict, n: int, steps: int, restarts: int, repeats: int) -> None:
     try:
         import torchattacks
     except ImportError:
         torchattacks = None
         print("\n(torchattacks not installed: `make bench` installs it; its rows are skipped)")
     print(f"\n3. PGD on {n} samples, {steps} steps (ours: margin loss, early stop; success = misclassified)")
-    print(f"{'model':6} {'norm':4} {'eps':>6} {'attack':24} {'ms/sample':>10} {'success':>8}")
+    print(f"{'model':6} {'norm':4} {'eps':>6} {'attack':24} {'ms/sample':>10} {'success':>8} {'vs t.a.':>8}")
     for name, (torch_model, _, test, eps_inf) in models.items():
         x, y = torch.from_numpy(test.X[:n]), torch.from_numpy(test.y[:n])
         lo, hi = torch.zeros(1, *test.input_shape), torch.ones(1, *test.input_shape)
@@ -185,12 +185,23 @@ def bench_pgd(models: dict, n: int, steps: int, restarts: int) -> None:
                 runs[f"torchattacks {type(atk).__name__}"] = functools.partial(
                     lambda a, xi, yy, shape: a(xi, yy).reshape(shape), atk, image_x, y, x.shape
                 )
-            for label, run in runs.items():
-                torch.manual_seed(0)
-                t, x_adv = timed(run, 1)
+            # interleaved repeats (each round runs every attack once), medians: the machine's load then
+            # weighs on all attacks alike, and the ratio to torchattacks is measured side by side
+            times: dict[str, list[float]] = {label: [] for label in runs}
+            found: dict[str, torch.Tensor] = {}
+            for _ in range(repeats):
+                for label, run in runs.items():
+                    torch.manual_seed(0)
+                    t, x_adv = timed(run, 1)
+                    times[label].append(t)
+                    found[label] = x_adv  # type: ignore[assignment]
+            reference = next((statistics.median(times[k]) for k in times if k.startswith("torchattacks")), None)
+            for label in runs:
+                t = statistics.median(times[label])
                 with torch.no_grad():
-                    success = float((margin_loss(torch_model(x_adv), y) > 0).float().mean())
-                print(f"{name:6} {norm:4} {eps:6.3f} {label:24} {1000 * t / len(x):10.3f} {success:8.3f}")
+                    success = float((margin_loss(torch_model(found[label]), y) > 0).float().mean())
+                ratio = f"{t / reference:8.2f}" if reference else f"{'':8}"
+                print(f"{name:6} {norm:4} {eps:6.3f} {label:24} {1000 * t / len(x):10.3f} {success:8.3f} {ratio}")
 
 
 def main() -> None:
@@ -212,7 +223,7 @@ def main() -> None:
         if args.only in (None, "methods"):
             bench_methods(models, args.samples, args.batch)
         if args.only in (None, "pgd"):
-            bench_pgd(models, args.samples, steps=50, restarts=3)
+            bench_pgd(models, args.samples, steps=50, restarts=3, repeats=args.repeats)
 
 
 if __name__ == "__main__":
