@@ -14,6 +14,7 @@ batch of 1 baked into a Reshape or a constant never limits the batch the module 
 
 from __future__ import annotations
 
+import gzip
 import math
 import operator
 import os
@@ -138,9 +139,10 @@ def supported_ops() -> list[str]:
     """The ONNX op types the importer converts (sorted); any other op is a ModelError.
 
     Constant is listed because it, like any node whose inputs are all constants, is folded at
-    import time into the buffers of the nodes that use it.
+    import time into the buffers of the nodes that use it; Shape because the shape of a value computed
+    from the input is folded too (`_fold_shape`), so Shape → Gather → … → Reshape chains become constants.
     """
-    return sorted({*CONVERTERS, "Constant"})
+    return sorted({*CONVERTERS, "Constant", "Shape"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +319,8 @@ def _tanh(ctx: NodeContext) -> nn.Module:
 def _softmax(ctx: NodeContext) -> nn.Module:
     rank = ctx.data().ndim
     axis = _axis(ctx, ctx.attr("axis", -1 if ctx.opset >= 13 else 1), rank)
+    if axis == 0:
+        raise ctx.fail("a softmax over the batch axis makes each sample's output depend on the other samples")
     if ctx.opset < 13 and axis != rank - 1:
         raise ctx.fail(f"opset {ctx.opset} Softmax over the flattened axes from {axis} is not supported")
     if rank == 2 and axis == 1:
@@ -783,6 +787,347 @@ def _concat(ctx: NodeContext) -> nn.Module:
     return Concat(axis)
 
 
+class Narrow(nn.Module):
+    """x[..., start:start + length, ...] along one non-batch axis (traces to Slice)."""
+
+    def __init__(self, axis: int, start: int, length: int) -> None:
+        super().__init__()
+        self.axis, self.start, self.length = axis, start, length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.narrow(x, self.axis, self.start, self.length)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, start={self.start}, length={self.length}"
+
+
+class Select(nn.Module):
+    """Gather of constant indices along one non-batch axis: index_select, then the indices' shape."""
+
+    index: torch.Tensor
+
+    def __init__(self, axis: int, indices: np.ndarray, out_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.axis = axis
+        self.register_buffer("index", torch.tensor(np.array(indices, dtype=np.int64).reshape(-1)))
+        self.out_shape = tuple(int(d) for d in out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x, self.axis, self.index).reshape(-1, *self.out_shape)
+
+
+class Steps(nn.Module):
+    """Several modules applied one after the other (a Slice over several axes)."""
+
+    def __init__(self, parts: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
+class MultiOutput(nn.Module):
+    """A converter's answer for a node with several outputs: one module per output, each from the same
+    inputs (`onnx_to_torch` makes each its own step)."""
+
+    def __init__(self, parts: Sequence[nn.Module | None]) -> None:
+        super().__init__()
+        self.parts = list(parts)
+
+
+class Neg(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.neg(x)
+
+
+class Square(nn.Module):
+    """x ** 2 as x * x: exactly what onnxruntime computes for Pow(x, 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+class Reduce(nn.Module):
+    def __init__(self, mean: bool, axes: Sequence[int], keepdim: bool) -> None:
+        super().__init__()
+        self.mean = mean
+        self.axes = tuple(int(a) for a in axes)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean:
+            return torch.mean(x, dim=self.axes, keepdim=self.keepdim)
+        return torch.sum(x, dim=self.axes, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"{'mean' if self.mean else 'sum'}, axes={self.axes}, keepdim={self.keepdim}"
+
+
+class Expand(nn.Module):
+    """Broadcast each sample to `shape` (the batch stays as it is)."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(d) for d in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, *self.shape)
+
+
+class Masked(nn.Module):
+    """Where(mask, a, b) with a constant mask as a · m + b · (1 − m) + c: exact for finite values, and
+    affine, so every bounder follows it. `c` holds the constant branch where it is chosen."""
+
+    keep_a: torch.Tensor
+    keep_b: torch.Tensor
+    const: torch.Tensor
+
+    def __init__(self, keep_a: np.ndarray | None, keep_b: np.ndarray | None, const: np.ndarray) -> None:
+        super().__init__()
+        self.has_a, self.has_b = keep_a is not None, keep_b is not None
+        self.register_buffer("keep_a", _buffer(keep_a if keep_a is not None else np.zeros(1)))
+        self.register_buffer("keep_b", _buffer(keep_b if keep_b is not None else np.zeros(1)))
+        self.register_buffer("const", _buffer(const))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        values = list(xs)
+        out = self.const
+        if self.has_a:
+            out = out + values.pop(0) * self.keep_a
+        if self.has_b:
+            out = out + values.pop(0) * self.keep_b
+        return out
+
+
+@_register("Neg")
+def _neg(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    return Neg()
+
+
+@_register("LeakyRelu")
+def _leaky_relu(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    return nn.LeakyReLU(float(ctx.attr("alpha", 0.01)))
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+
+
+@_register("Cast")
+def _cast(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    to = int(ctx.attr("to", onnx.TensorProto.FLOAT))
+    if to not in _FLOAT_TYPES:
+        name = onnx.TensorProto.DataType.Name(to)
+        raise ctx.fail(f"casting a value computed from the input to {name} is not supported (only to FLOAT)")
+    return nn.Identity()
+
+
+@_register("Pow")
+def _pow(ctx: NodeContext) -> nn.Module:
+    ctx.data()
+    exponent = np.asarray(ctx.const(1, "exponent"), dtype=np.float64)
+    if exponent.size != 1 or exponent.reshape(-1)[0] not in (1.0, 2.0):
+        raise ctx.fail(
+            f"exponent {exponent.reshape(-1).tolist()[:4]}: only the constant exponents 1 and 2 are supported"
+        )
+    if exponent.ndim > ctx.data().ndim:
+        raise ctx.fail("the exponent's shape would broadcast over the batch dimension")
+    return nn.Identity() if exponent.reshape(-1)[0] == 1.0 else Square()
+
+
+def _reduce_axes(ctx: NodeContext, rank: int) -> list[int] | None:
+    """The axes of ReduceMean/ReduceSum: an attribute, or an input (ReduceSum from 13, ReduceMean from 18)."""
+    from_input = ctx.opset >= (13 if ctx.node.op_type == "ReduceSum" else 18)
+    if from_input:
+        axes = ctx.optional_const(1, "axes")
+        values = None if axes is None or axes.size == 0 else [int(a) for a in axes.reshape(-1)]
+    else:
+        attr = ctx.attr("axes")
+        values = None if attr is None or len(attr) == 0 else [int(a) for a in attr]
+    return None if values is None else sorted({_axis(ctx, a, rank) for a in values})
+
+
+@_register("ReduceMean", "ReduceSum")
+def _reduce(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    axes = _reduce_axes(ctx, x.ndim)
+    if axes is None:
+        if ctx.attr("noop_with_empty_axes", 0):
+            return nn.Identity()
+        axes = list(range(x.ndim))
+    if 0 in axes:
+        raise ctx.fail("reducing over the batch axis mixes the samples")
+    return Reduce(ctx.node.op_type == "ReduceMean", axes, bool(ctx.attr("keepdims", 1)))
+
+
+def _slice_indices(size: int, start: int, end: int, step: int) -> np.ndarray:
+    """The positions ONNX's Slice keeps along an axis of `size` (its clamping is Python's slicing's)."""
+    big = 2**62
+    start, end = max(-big, min(big, start)), max(-big, min(big, end))
+    return np.arange(size)[slice(start, end, step)]
+
+
+def _take(axis: int, indices: np.ndarray, size: int) -> nn.Module:
+    """Keep `indices` (a 1-D array) along `axis`: a Narrow when contiguous and ascending, else Select."""
+    if len(indices) and np.all(np.diff(indices) == 1):
+        return Narrow(axis, int(indices[0]), len(indices))
+    return Select(axis, indices, [])  # out_shape filled by the caller
+
+
+@_register("Slice")
+def _slice(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    if ctx.opset < 10:
+        starts = [int(v) for v in ctx.attr("starts")]
+        ends = [int(v) for v in ctx.attr("ends")]
+        axes_list = ctx.attr("axes")
+        steps = [1] * len(starts)
+    else:
+        starts = [int(v) for v in ctx.const(1, "starts").reshape(-1)]
+        ends = [int(v) for v in ctx.const(2, "ends").reshape(-1)]
+        axes_c = ctx.optional_const(3, "axes")
+        axes_list = None if axes_c is None else [int(v) for v in axes_c.reshape(-1)]
+        steps_c = ctx.optional_const(4, "steps")
+        steps = [1] * len(starts) if steps_c is None else [int(v) for v in steps_c.reshape(-1)]
+    axes = list(range(len(starts))) if axes_list is None else [_axis(ctx, int(a), x.ndim) for a in axes_list]
+    if not len(starts) == len(ends) == len(axes) == len(steps) or len(set(axes)) != len(axes):
+        raise ctx.fail("starts, ends, axes and steps must have one entry per distinct axis")
+    shape = list(x.shape)
+    parts: list[nn.Module] = []
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        if step == 0:
+            raise ctx.fail("a step of 0")
+        size = 1 if axis == 0 else shape[axis]
+        indices = _slice_indices(size, start, end, step)
+        if axis == 0:
+            if ctx.fixed_batch and len(indices) == 1:
+                continue  # a fixed batch of 1 kept whole
+            raise ctx.fail("slicing the batch dimension is not supported")
+        if len(indices) == 0:
+            raise ctx.fail(f"the slice of axis {axis} is empty")
+        if len(indices) == size and np.all(indices == np.arange(size)):
+            continue
+        part = _take(axis, indices, size)
+        shape[axis] = len(indices)
+        if isinstance(part, Select):
+            part = Select(axis, indices, shape[1:])
+        parts.append(part)
+    if not parts:
+        return nn.Identity()
+    return parts[0] if len(parts) == 1 else Steps(parts)
+
+
+@_register("Gather")
+def _gather(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    indices = np.asarray(ctx.const(1, "indices"), dtype=np.int64)
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
+    if axis == 0:
+        raise ctx.fail("gathering along the batch dimension is not supported")
+    size = int(x.shape[axis])
+    if indices.size == 0 or np.any(indices < -size) or np.any(indices >= size):
+        raise ctx.fail(f"indices out of range for an axis of {size}")
+    indices = np.where(indices < 0, indices + size, indices)
+    out_shape = [*x.shape[1:axis], *indices.shape, *x.shape[axis + 1 :]]
+    if indices.ndim == 0:
+        return Steps([Narrow(axis, int(indices), 1), _reshape_to(out_shape) if out_shape else Reshape(())])
+    return Select(axis, indices, out_shape)
+
+
+@_register("Expand")
+def _expand(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    target = [int(d) for d in ctx.const(1, "shape").reshape(-1)]
+    rank = max(len(target), x.ndim)
+    if len(target) > x.ndim:
+        raise ctx.fail(f"shape {target} adds axes before the batch dimension")
+    target = [1] * (rank - len(target)) + target
+    if target[0] not in (1, -1):
+        raise ctx.fail(f"shape {target} would expand the batch dimension")
+    try:
+        shape = np.broadcast_shapes(tuple(x.shape[1:]), tuple(target[1:]))
+    except ValueError as exc:
+        raise ctx.fail(f"shape {target} does not broadcast with {list(x.shape[1:])}") from exc
+    return Expand(shape)
+
+
+@_register("Where")
+def _where(ctx: NodeContext) -> nn.Module:
+    condition = ctx.const(0, "condition").astype(bool)
+    a, b = ctx.input(1), ctx.input(2)
+    if a is None or b is None:
+        raise ctx.fail("needs a condition and two values")
+    batched = [v for v in (a, b) if v.example is not None]
+    if not batched:
+        raise ctx.fail("no branch depends on the input")  # folded before we get here
+    ranks = {v.example.ndim for v in batched if v.example is not None}
+    if len(ranks) != 1:
+        raise ctx.fail(f"branches of ranks {sorted(ranks)} would broadcast one batch over another axis")
+    rank = ranks.pop()
+    cond = _elementwise_const(ctx, condition, rank)
+    mask = cond.astype(np.float64)
+    const = np.zeros((1,) * rank)
+    keep_a = keep_b = None
+    if a.example is not None:
+        keep_a = mask
+    else:
+        const = const + np.where(cond, _elementwise_const(ctx, np.asarray(a.const, dtype=np.float64), rank), 0.0)
+    if b.example is not None:
+        keep_b = 1.0 - mask
+    else:
+        const = const + np.where(cond, 0.0, _elementwise_const(ctx, np.asarray(b.const, dtype=np.float64), rank))
+    return Masked(keep_a, keep_b, const)
+
+
+@_register("Split")
+def _split(ctx: NodeContext) -> nn.Module:
+    x = ctx.data()
+    axis = _axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
+    if axis == 0:
+        raise ctx.fail("splitting the batch dimension is not supported")
+    size = int(x.shape[axis])
+    outputs = len(ctx.node.output)
+    if ctx.opset >= 13:
+        given = ctx.optional_const(1, "split")
+        sizes = None if given is None else [int(v) for v in given.reshape(-1)]
+    else:
+        attr = ctx.attr("split")
+        sizes = None if attr is None else [int(v) for v in attr]
+    if sizes is None:
+        if ctx.opset >= 18 and ctx.attr("num_outputs") is not None:
+            count = int(ctx.attr("num_outputs"))
+            chunk = -(-size // count)
+            sizes = [min(chunk, size - i * chunk) for i in range(count)]
+        else:
+            if size % outputs:
+                raise ctx.fail(f"an axis of {size} does not split into {outputs} equal parts")
+            sizes = [size // outputs] * outputs
+    if len(sizes) != outputs or sum(sizes) != size or min(sizes) < 1:
+        raise ctx.fail(f"split sizes {sizes} do not cut an axis of {size} into {outputs} non-empty parts")
+    offsets = np.cumsum([0, *sizes[:-1]])
+    return MultiOutput([Narrow(axis, int(o), int(n)) for o, n in zip(offsets, sizes, strict=True)])
+
+
+def _fold_shape(ctx: NodeContext) -> np.ndarray:
+    """Shape of a value computed from the input, as a constant: the sample's dims behind a batch of 1.
+
+    The graph is then read per sample, like a file with a fixed batch of 1 (the caller says so to
+    later nodes); the cross-check against onnxruntime on a real batch catches any graph for which
+    that reading is wrong."""
+    shape = np.array([1, *ctx.data().shape[1:]], dtype=np.int64)
+    rank = len(shape)
+    start = int(ctx.attr("start", 0))
+    end = ctx.attr("end")
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    stop = rank if end is None else max(0, min(rank, int(end) + rank if int(end) < 0 else int(end)))
+    return shape[start:stop]
+
+
 # --------------------------------------------------------------------------------------------------
 # The graph module
 # --------------------------------------------------------------------------------------------------
@@ -980,6 +1325,8 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
     example = torch.rand((_EXAMPLE_BATCH, *input_shape), generator=generator)
     values[input_value.name] = _Value(input_value.name, None, example)
     needed = _needed_nodes(graph, output_name)
+    # read per sample: a fixed batch of 1, or (from the first Shape of a batched value on) shape arithmetic
+    per_sample = fixed_batch
     uses: dict[str, int] = {output_name: 1}
     for i in needed:
         for name in graph.node[i].input:
@@ -1000,14 +1347,35 @@ def onnx_to_torch(model: onnx.ModelProto) -> ImportedModel:
             for name, array in zip(node.output, _fold(model, node, inputs), strict=False):
                 values[name] = _Value(name, array, None)
             continue
+        if standard and node.op_type == "Shape" and inputs and inputs[0] is not None and inputs[0].batched:
+            ctx = NodeContext(node, _attributes(node), inputs, opset, per_sample)
+            values[node.output[0]] = _Value(node.output[0], _fold_shape(ctx), None)
+            per_sample = True
+            continue
         converter = CONVERTERS.get(node.op_type) if standard else None
         if converter is None:
             raise _unsupported(node)
-        ctx = NodeContext(node, _attributes(node), inputs, opset, fixed_batch)
+        ctx = NodeContext(node, _attributes(node), inputs, opset, per_sample)
+        module = converter(ctx).eval()
+        if isinstance(module, MultiOutput):
+            batched = [v for v in inputs if v is not None and v.batched]
+            for output, part in zip(node.output, module.parts, strict=False):
+                if not output or part is None:
+                    continue
+                try:
+                    with torch.no_grad():
+                        out = part(*[v.example for v in batched])
+                except Exception as exc:
+                    raise ctx.fail(f"torch cannot run it on the example batch: {one_line(exc)}") from exc
+                key = f"{re.sub(r'(?<!^)(?=[A-Z])', '_', node.op_type).lower()}_{len(steps)}"
+                nodes[key] = part
+                step_of[output] = len(steps)
+                steps.append(_Step(key, tuple(v.name for v in batched), output, _node_label(node)))
+                values[output] = _Value(output, None, out)
+            continue
         extra = [name for name in node.output[1:] if name and name in uses]
         if extra:
             raise ctx.fail(f"its extra outputs {extra} are used; only the first output is supported")
-        module = converter(ctx).eval()
         batched = [v for v in inputs if v is not None and v.batched]
         source = batched[0].name if len(batched) == 1 else ""
         if uses.get(source) == 1 and source in step_of and batched[0].example is not None:
@@ -1070,13 +1438,22 @@ def _check_finite(model: onnx.ModelProto) -> None:
 
 
 def load_onnx(path: PathLike) -> onnx.ModelProto:
-    """Read and check an ONNX file; every way it can be unusable becomes a one-line ModelError."""
+    """Read and check an ONNX file (or a gzipped one, `.onnx.gz` as VNN-COMP ships them); every way it
+    can be unusable becomes a one-line ModelError."""
     file = Path(path)
     if not file.is_file():
         raise ModelError(f"ONNX file not found: {file}")
     try:
-        model = onnx.load(str(file))
-    except Exception as exc:  # protobuf DecodeError, onnx errors, missing external data, ...
+        if file.suffix == ".gz":
+            data = file.read_bytes()
+            if data[:2] != b"\x1f\x8b":
+                raise ModelError(f"{file} is named .gz but is not a gzip file")
+            model = onnx.load_from_string(gzip.decompress(data))
+        else:
+            model = onnx.load(str(file))
+    except ModelError:
+        raise
+    except Exception as exc:  # protobuf DecodeError, onnx errors, missing external data, bad gzip, ...
         raise ModelError(f"cannot read ONNX file {file}: {one_line(exc)}") from exc
     try:
         onnx.checker.check_model(model)
