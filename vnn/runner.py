@@ -1,0 +1,236 @@
+"""Run VNN-COMP instances under a wall-clock limit that holds whatever the verifier is doing.
+
+Each instance runs in a child process; the parent, which never imports torch, holds the clock from the
+moment the instance starts and kills the child when the limit comes, answering `timeout` rather than
+running past it (the child also stops itself between steps a little before). Why a process and not a
+thread: neither auto_LiRPA nor onnxruntime can be interrupted half-way through a call, nor can an
+import.
+
+* One instance (`run_instance`): the child is forked from the light parent and imports the verifier
+  itself, so loading torch, auto_LiRPA, onnxruntime and the network all count against the limit.
+* A list (`run_instances`): the children are forked from one server (multiprocessing's forkserver)
+  that imported the verifier once before the first instance's clock starts; each instance's clock
+  then covers reading its files, importing its network and deciding.
+* A parent that has already imported torch (a test process) always uses the server: a fork of a
+  process whose OpenMP pool has run is not safe.
+
+What the child finds wrong with the input (a file that does not parse, a network that does not fit)
+comes back as a `UverifyError`'s one line: `run_instance` marks it `bad_input` (`uverify vnncomp` then
+exits 2), `run_instances` records `error` for that row and goes on. A `sat` comes back with its
+counterexample already replayed by onnxruntime (`decide.replay`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uverify.vnn.results import Instance, InstanceResult, write_result_file, write_results_csv
+
+__all__ = [
+    "CHILD_MARGIN",
+    "KILL_MARGIN",
+    "WORKER",
+    "Outcome",
+    "result_path",
+    "results_folder",
+    "run_instance",
+    "run_instances",
+    "with_truth",
+    "write_outcome",
+]
+
+PathLike = str | os.PathLike[str]
+CHILD_MARGIN = 0.5  # the child stops its own work this long before the limit
+KILL_MARGIN = 0.15  # the parent kills it this long before, leaving time to write the result
+WORKER = "uverify.vnn.worker"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One instance's answer, as the parent saw it."""
+
+    result: str
+    prepare_seconds: float
+    run_seconds: float
+    stage: str | None = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    message: str = ""  # why `error`, or the notes of a verdict
+    bad_input: bool = False
+
+
+def _child(conn: Connection, onnx: str, vnnlib: str, end: float) -> None:
+    """The child's entry point: import the verifier (already there in a forkserver child), run it.
+    Its stdout goes to stderr: a parent's stdout carries only answers (the solver CLI's rule)."""
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from uverify.vnn.worker import work
+
+    work(conn, onnx, vnnlib, end)
+
+
+_SERVER: Any = None
+
+
+def _server() -> Any:
+    """The forkserver context with the verifier preloaded, started (and warmed) once per process."""
+    global _SERVER
+    if _SERVER is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([WORKER])
+        warm = ctx.Process(target=_noop, daemon=True)
+        warm.start()  # blocks until the server has imported the verifier
+        warm.join()
+        _SERVER = ctx
+    return _SERVER
+
+
+def _noop() -> None:
+    """A child that does nothing: starting it waits for the server to be ready."""
+
+
+def _context() -> Any:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    if "torch" in sys.modules or _SERVER is not None:
+        return _server()
+    return multiprocessing.get_context("fork")
+
+
+def run_instance(
+    onnx: PathLike, vnnlib: PathLike, timeout: float | None, *, start: float | None = None, context: Any = None
+) -> Outcome:
+    """Decide one instance within `timeout` wall-clock seconds counted from `start` (default: now)."""
+    start = time.monotonic() if start is None else start
+    ctx = context if context is not None else _context()
+    end = start + timeout if timeout is not None else float("inf")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child_end = end - CHILD_MARGIN if timeout is not None else float("inf")
+    process = ctx.Process(target=_child, args=(sender, str(onnx), str(vnnlib), child_end), daemon=True)
+    process.start()
+    sender.close()
+    prepared: float | None = None
+    message: tuple[str, Any] | None = None
+    try:
+        while True:
+            wait = end - KILL_MARGIN - time.monotonic()
+            if wait <= 0 or not receiver.poll(None if wait == float("inf") else wait):
+                break
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:  # the child died without a word (killed, out of memory)
+                process.join(1)
+                message = ("error", f"the verifier process ended without an answer (exit code {process.exitcode})")
+                break
+            if kind == "prepared":
+                prepared = time.monotonic() - start
+                continue
+            message = (kind, payload)
+            break
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+        receiver.close()
+    elapsed = time.monotonic() - start
+    prepare_seconds = prepared if prepared is not None else elapsed
+    run_seconds = max(0.0, elapsed - prepare_seconds)
+    if message is None:
+        return Outcome("timeout", prepare_seconds, run_seconds, message="stopped at the time limit")
+    kind, payload = message
+    if kind == "done":
+        return Outcome(
+            payload["result"],
+            prepare_seconds,
+            run_seconds,
+            payload["stage"],
+            payload["x"],
+            payload["y"],
+            payload["notes"],
+        )
+    return Outcome("error", prepare_seconds, run_seconds, message=str(payload), bad_input=kind == "bad_input")
+
+
+def write_outcome(path: PathLike, outcome: Outcome) -> Path:
+    """The VNN-COMP result file of an outcome."""
+    return write_result_file(path, outcome.result, outcome.x, outcome.y)
+
+
+def results_folder(out_csv: PathLike) -> Path:
+    """The folder of an instance list's result files: the results CSV's path without its suffix."""
+    out = Path(out_csv)
+    return out.with_suffix("") if out.suffix else out.with_name(out.name + "_results")
+
+
+def result_path(folder: Path, instance: Instance) -> Path:
+    """Where `run_instances` writes an instance's result file: FOLDER/CATEGORY/ONNX_VNNLIB.result."""
+
+    def stem(name: str) -> str:
+        base = Path(name).name
+        for suffix in (".gz", ".onnx", ".vnnlib"):
+            base = base.removesuffix(suffix)
+        return base
+
+    return folder / instance.category / f"{stem(instance.onnx_name)}_{stem(instance.vnnlib_name)}.result"
+
+
+def run_instances(
+    instances: Sequence[Instance],
+    out_csv: PathLike,
+    *,
+    timeout_cap: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> list[InstanceResult]:
+    """Run every instance in order; the results CSV is rewritten after each, the result files go to the
+    folder named like the CSV without its suffix. A row whose input is bad is `error`, the run goes on."""
+    out = Path(out_csv)
+    folder = results_folder(out)
+    context = _server() if "forkserver" in multiprocessing.get_all_start_methods() else None
+    results: list[InstanceResult] = []
+    for number, instance in enumerate(instances, 1):
+        timeout = instance.timeout if timeout_cap is None else min(instance.timeout, timeout_cap)
+        limit = None if timeout == float("inf") else timeout
+        outcome = run_instance(instance.onnx, instance.vnnlib, limit, context=context)
+        write_outcome(result_path(folder, instance), outcome)
+        row = InstanceResult(
+            instance.category,
+            instance.onnx_name,
+            instance.vnnlib_name,
+            outcome.prepare_seconds,
+            outcome.result,
+            outcome.run_seconds,
+            instance.truth,
+            outcome.stage,
+        )
+        results.append(row)
+        write_results_csv(out, results)
+        if echo is not None:
+            decided = f" by {outcome.stage}" if outcome.stage else ""
+            why = f" ({outcome.message})" if outcome.result == "error" else ""
+            truth = f" [truth {instance.truth}]" if instance.truth else ""
+            echo(
+                f"{number}/{len(instances)} {instance.category} {instance.onnx_name} {instance.vnnlib_name}: "
+                f"{outcome.result}{decided}{why}{truth}  prepare {outcome.prepare_seconds:.2f} s, "
+                f"run {outcome.run_seconds:.2f} s"
+            )
+        if outcome.result == "error" and echo is None:
+            print(f"warning: {instance.onnx_name} {instance.vnnlib_name}: {outcome.message}", file=sys.stderr)
+    return results
+
+
+def with_truth(instances: Sequence[Instance], truth: dict[tuple[str, str], str]) -> list[Instance]:
+    """The instances with a ground truth from a separate file, matched by file names (a row's own
+    ground-truth column wins)."""
+    return [
+        replace(i, truth=i.truth or truth.get((Path(i.onnx_name).name, Path(i.vnnlib_name).name))) for i in instances
+    ]
