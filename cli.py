@@ -14,6 +14,7 @@ from uverify import __version__
 from uverify.errors import ExitStatus, UverifyError, one_line
 from uverify.kinds import BoundMethod, GateMetric, Norm, UnlearningMethod, values
 from uverify.specs import shipped_specs
+from uverify.vnn.cli import vnncomp
 
 
 class BadInput(click.ClickException):
@@ -269,6 +270,10 @@ def demo(out: Path, quiet: bool) -> None:
     help="Write the JSON report here (and the counterexamples beside it).",
 )
 @click.option("--cross-check", is_flag=True, help="Also attack certified samples (a soundness audit; slower).")
+@click.option(
+    "--complete", is_flag=True, help="Branch and bound on every sample left unknown (the spec's verify.complete)."
+)
+@click.option("--timeout", type=float, metavar="S", help="Seconds of branch and bound per sample and epsilon.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(
     spec_ref: str | None,
@@ -281,6 +286,8 @@ def check(
     data_path: Path | None,
     out: Path | None,
     cross_check: bool,
+    complete: bool,
+    timeout: float | None,
     quiet: bool,
 ) -> None:
     """Check the L_p-ball property of an ONNX model: certified (bounds) and empirical (PGD).
@@ -322,23 +329,34 @@ def check(
         if count is not None:
             overrides["data.samples"] = count
         spec = load_spec(spec_ref, overrides, {**flags, "data.path": "--data", "data.samples": "--samples"})
-    report = check_and_save(model_path, spec, npz, out, progress=not quiet, cross_check=cross_check)
+    report = check_and_save(
+        model_path, spec, npz, out, progress=not quiet, cross_check=cross_check, complete=complete, timeout=timeout
+    )
     click.echo(render_table(report))
     if out:
         click.echo(f"report: {out}  counterexamples: {out.with_suffix('.counterexamples.npz')}")
 
 
 @cli.command()
-@_spec_option
+@click.option(
+    "--spec",
+    "spec_refs",
+    required=True,
+    multiple=True,
+    metavar="SPEC",
+    help=f"YAML spec file, or a shipped spec: {', '.join(shipped_specs())}. Repeat for one row per data set.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Study directory.")
 @click.option(
     "--unlearning", "methods", type=_METHODS, multiple=True, help="Limit the grid to these methods. Default: both."
 )
 @_deprecated_method("--unlearning", _METHODS, multiple=True)
-@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
+@click.option(
+    "--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path (one --spec only)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def study(
-    spec_ref: str,
+    spec_refs: tuple[str, ...],
     out: Path,
     methods: tuple[str, ...],
     old_method: tuple[str, ...],
@@ -347,22 +365,27 @@ def study(
 ) -> None:
     """The seed's study: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
 
-    Trains, checks M, unlearns the spec's deletion request, checks M', then writes the RQ1-RQ4 tables
-    (PGD and certified R-ACC; tables.md, tables.json) and plots (plots/*.png). A rerun reuses the
-    finished steps.
+    Trains, checks M, unlearns the spec's deletion request, checks M', then writes the seed's tables at
+    the headline sigma (one row per --spec; study.headline_epsilon, default the sweep's middle value),
+    certified R-ACC and the deletion's deltas, the per-epsilon RQ1-RQ4 tables (tables.md, tables.json),
+    plots (plots/*.png) and report.html, one self-contained page. A rerun reuses the finished steps.
 
     \b
-    Example:
+    Examples:
       uverify study --spec specs/mixture.yaml --out runs/study
+      uverify study --spec mixture --spec digits --out runs/two
     """
     from uverify.specs.load import load_spec
     from uverify.study import METHODS, render_study_summary
     from uverify.study import study as run_study
 
-    spec = load_spec(spec_ref, {"data.path": str(data_path)} if data_path else None, {"data.path": "--data"})
+    if data_path and len(spec_refs) > 1:
+        raise UverifyError("--data overrides one spec's data.path; with several --spec, set data.path in each")
+    overrides = {"data.path": str(data_path)} if data_path else None
+    specs = [load_spec(ref, overrides, {"data.path": "--data"}) for ref in spec_refs]
     chosen = tuple(dict.fromkeys(methods + old_method)) or METHODS
-    result = run_study(spec, out, methods=chosen, progress=not quiet, echo=click.echo)
-    click.echo(render_study_summary(result, spec))
+    result = run_study(specs, out, methods=chosen, progress=not quiet, echo=click.echo)
+    click.echo(render_study_summary(result))
     click.echo(f"study finished in {result.seconds:.1f} s")
 
 
@@ -435,6 +458,9 @@ def _describe(name: str, run: Any) -> str:
         f"train {run.train_accuracy:.4f}, export max|diff| {run.export_max_abs_diff:.1e}, "
         f"{run.seconds:.1f} s → {run.model_path}"
     )
+
+
+cli.add_command(vnncomp)
 
 
 def main() -> None:

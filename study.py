@@ -1,30 +1,42 @@
-"""The seed's study on any spec: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
+"""The seed's study on one or more specs: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
 
     RQ1  standard training, before deletion        RQ3  standard training, after deletion
     RQ2  adversarial training, before deletion     RQ4  adversarial training, after deletion
 
-Each (method, training) cell is one run directory `<out>/<method>-<training>/`: train M, check it
-(`report_before.json`), delete the spec's request (`unlearning.delete`), check M' (`report_after.json`).
-The answer is the seed's ACC / R-ACC / Gap tables, once with PGD robust accuracy (the seed's) and once
-with certified robust accuracy (CROWN, which the seed did not have), as markdown and JSON, plus plots.
+Each (method, training) cell is one run directory `<out>/<method>-<training>/` (with several specs,
+`<out>/<spec name>/<method>-<training>/`): train M, check it (`report_before.json`), delete the spec's
+request (`unlearning.delete`), check M' (`report_after.json`). The answer is the seed's two tables at
+the headline sigma (`study.headline_epsilon`; one row per data set: ACC, R-ACC, Gap for SISA and
+Amnesiac, st_models and at_models), the columns the seed did not have (certified R-ACC by CROWN; what
+the deletion changed), the per-epsilon detail, plots, and `report.html`, the one page to open.
 
 Resumable: a rerun keeps every finished step whose inputs are unchanged and redoes the rest. A run is
 kept when its data, model, training and unlearning sections equal the spec's; a report when it was
 made from the same spec on the same model file. Before the deletion, a copy of M goes to `<run>/M/`, so
-changing only the property, the bounds or the attack re-checks M and M' without retraining.
+changing only the property, the bounds or the attack re-checks M and M' without retraining. The
+spec's `study` section only presents the results: the cells carry its default, so a new headline
+re-renders the tables and re-checks nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
+from uverify import __version__
 from uverify.datasets import Domain, Splits, load
 from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
@@ -32,9 +44,10 @@ from uverify.files import atomic_write, atomic_write_bytes, atomic_write_json, e
 from uverify.kinds import Training, UnlearningMethod
 from uverify.pipeline import train_run, unlearn_run
 from uverify.rundir import DeleteRequest, Run, RunDir, When, is_run, keep_m, locked, open_run
-from uverify.specs.schema import Spec, spec_sha256
+from uverify.specs.schema import Spec, StudySpec, spec_sha256
+from uverify.study_report import Figure, Page, Section, Table, section_markdown, table_markdown, write_html
 from uverify.verifier.check import check
-from uverify.verifier.report import Report, load_report, save_report
+from uverify.verifier.report import EpsilonResult, Report, load_report, save_report
 from uverify.verifier.samples import Samples, samples_from_spec
 
 METHODS = tuple(UnlearningMethod)
@@ -49,6 +62,8 @@ ROBUSTNESS = {
     "pgd": ("pgd_accuracy", "gap_pgd", "PGD"),
     "certified": ("certified_accuracy", "gap_certified", "certified"),
 }
+PATTERN_RATIO = 3.0  # the seed's finding, as the issue states it: standard gap >= 3x the adversarial gap ...
+PATTERN_ACCURACY = 0.05  # ... with the adversarial model's clean accuracy within 5 points of the standard one's
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,51 @@ class CellResult:
     after: Report
     deletion: dict[str, Any]  # the deletion log entry
     reused: list[str]  # the steps a rerun kept
+    dataset: str  # the spec's name: the row of the seed's tables
+
+    def report(self, when: When) -> Report:
+        return self.before if when == "before" else self.after
+
+
+@dataclass(frozen=True)
+class PatternCheck:
+    """The seed's finding for one data set, method and moment: adversarial training shrinks the gap."""
+
+    dataset: str
+    method: UnlearningMethod
+    when: When
+    epsilon: float
+    acc_standard: float
+    acc_adversarial: float
+    gap_standard: float
+    gap_adversarial: float
+
+    @property
+    def ratio(self) -> float:
+        if self.gap_adversarial > 0:
+            return self.gap_standard / self.gap_adversarial
+        return math.inf if self.gap_standard > 0 else math.nan
+
+    @property
+    def holds(self) -> bool:
+        """Standard gap >= 3x the adversarial one (and not both zero), clean accuracies within 5 points."""
+        return (
+            self.gap_standard > 0
+            and self.gap_standard >= PATTERN_RATIO * self.gap_adversarial
+            and abs(self.acc_adversarial - self.acc_standard) <= PATTERN_ACCURACY
+        )
+
+    @property
+    def ratio_text(self) -> str:
+        return "no gap" if math.isnan(self.ratio) else "∞" if math.isinf(self.ratio) else f"{self.ratio:.1f}x"
+
+    def describe(self) -> str:
+        ratio = self.ratio_text
+        return (
+            f"{self.dataset} {self.method.display_name} {self.when}: gap {_pct(self.gap_standard)} standard vs "
+            f"{_pct(self.gap_adversarial)} adversarial ({ratio}), ACC {_pct(self.acc_standard)} vs "
+            f"{_pct(self.acc_adversarial)} at σ={self.epsilon:g}: {'holds' if self.holds else 'does not hold'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,59 +130,86 @@ class StudyResult:
     tables_json: Path
     plots: list[Path]
     seconds: float
+    specs: list[Spec]
+    report_html: Path
+    headline: dict[str, float]  # data set -> its headline sigma
+    pattern: list[PatternCheck]
 
 
 def cell_spec(spec: Spec, method: UnlearningMethod) -> Spec:
+    """The spec a cell's run is made from: the method set, the study's own section left at its default."""
     unlearning = spec.unlearning.model_copy(update={"method": method})
-    return spec.model_copy(update={"unlearning": unlearning})
+    return spec.model_copy(update={"unlearning": unlearning, "study": StudySpec()})
 
 
 def study(
-    spec: Spec,
+    specs: Spec | Sequence[Spec],
     out: str | Path,
     *,
     methods: tuple[str, ...] = METHODS,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> StudyResult:
-    """Run (or resume) the whole grid and write the tables and plots into `out` (locked meanwhile)."""
+    """Run (or resume) the whole grid on each spec, one row per data set, and write the tables, plots
+    and report.html into `out` (locked meanwhile)."""
     started = time.perf_counter()
     out = Path(out)
+    chosen = [specs] if isinstance(specs, Spec) else list(specs)
+    if not chosen:
+        raise UverifyError("a study needs at least one spec")
+    names = [s.name for s in chosen]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UverifyError(f"the study's specs need distinct names (one row each); named twice: {', '.join(twice)}")
     ensure_writable_dir(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UverifyError(f"study methods must be among {', '.join(METHODS)}; got {', '.join(methods) or 'none'}")
     with locked(out):
-        return _study(spec, out, methods, progress, echo, started)
+        return _study(chosen, out, methods, progress, echo, started)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """`study.threads` for the block: small models run as fast on one thread, and a second one that
+    waits for a busy core (2 cores shared with other work) can make a study several times slower."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _study(
-    spec: Spec, out: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], started: float
+    specs: list[Spec], out: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], started: float
 ) -> StudyResult:
-    splits = load(spec.data)
-    train, test = splits.train, splits.test
-    counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
-    echo(f"{spec.name}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
-    echo(format_class_balance({"class_counts": counts}))
-    samples, domain = samples_from_spec(spec, splits=splits)
-    cells = []
-    for method in methods:
-        for training in TRAININGS:
-            cells.append(
-                _cell(cell_spec(spec, UnlearningMethod(method)), training, out, splits, samples, domain, progress, echo)
-            )
-    tables = study_tables(spec.name, cells)
-    md = atomic_write_bytes(out / "tables.md", render_tables_markdown(spec, tables).encode("utf-8"))
+    cells: list[CellResult] = []
+    for spec in specs:
+        folder = out / spec.name if len(specs) > 1 else out
+        with torch_threads(spec.study.threads):
+            cells += _dataset_cells(spec, folder, methods, progress, echo, f"{spec.name}: " if len(specs) > 1 else "")
+    headline = {spec.name: spec.headline_epsilon() for spec in specs}
+    pattern = seed_pattern(cells, headline)
+    tables = study_tables(cells)
+    md = atomic_write_bytes(out / "tables.md", render_tables_markdown(specs, cells).encode("utf-8"))
     js = atomic_write_json(out / "tables.json", tables)
-    plots = plot_study(spec.name, cells, out / "plots")
+    plots = plots_for(cells, headline, out / "plots", norm=specs[0].property.norm)
+    report_html = write_html(out / "report.html", report_page(specs, cells, plots))
     seconds = time.perf_counter() - started
     atomic_write_json(
         out / "study.json",
         {
-            "spec_name": spec.name,
-            "spec_sha256": spec_sha256(spec),
+            "spec_name": ", ".join(s.name for s in specs),
+            "datasets": [
+                {"name": s.name, "spec_sha256": spec_sha256(s), "headline_epsilon": headline[s.name]} for s in specs
+            ],
             "cells": [
                 {
+                    "dataset": c.dataset,
                     "method": c.method,
                     "training": c.training,
                     "run": str(c.run),
@@ -136,45 +223,77 @@ def _study(
                 }
                 for c in cells
             ],
+            "headline": headline_numbers(cells, headline),
+            "pattern": [
+                {
+                    "dataset": p.dataset,
+                    "method": p.method,
+                    "when": p.when,
+                    "epsilon": p.epsilon,
+                    "gap_standard": p.gap_standard,
+                    "gap_adversarial": p.gap_adversarial,
+                    "acc_standard": p.acc_standard,
+                    "acc_adversarial": p.acc_adversarial,
+                    "holds": p.holds,
+                }
+                for p in pattern
+            ],
             "tables": str(md),
+            "report_html": str(report_html),
             "plots": [str(p) for p in plots],
             "seconds": seconds,
         },
     )
-    return StudyResult(out, cells, md, js, plots, seconds)
+    return StudyResult(out, cells, md, js, plots, seconds, specs, report_html, headline, pattern)
 
 
-def _cell(
-    spec: Spec,
-    training: Training,
-    out: Path,
-    splits: Splits,
-    samples: Samples,
-    domain: Domain,
-    progress: bool,
-    echo: Callable[[str], None],
+def _dataset_cells(
+    spec: Spec, folder: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], label: str
+) -> list[CellResult]:
+    splits = load(spec.data)
+    train, test = splits.train, splits.test
+    counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
+    echo(f"{spec.name}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
+    echo(format_class_balance({"class_counts": counts}))
+    samples, domain = samples_from_spec(spec, splits=splits)
+    cells = []
+    for method in methods:
+        for training in TRAININGS:
+            cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder)
+            cells.append(_run_locked(cell, splits, samples, domain, progress, echo))
+    return cells
+
+
+@dataclass(frozen=True)
+class _Cell:
+    spec: Spec  # the cell's spec (its method set)
+    dataset: str
+    label: str  # what its progress lines start with: the data set's name when the study has several
+    training: Training
+    folder: Path  # the folder that holds the cell's run directory
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / f"{self.spec.unlearning.method}-{self.training}"
+
+
+def _run_locked(
+    cell: _Cell, splits: Splits, samples: Samples, domain: Domain, progress: bool, echo: Callable[[str], None]
 ) -> CellResult:
     """One cell, its run directory locked from start to end (a `uverify unlearn` on it meanwhile is refused)."""
-    with locked(out / f"{spec.unlearning.method}-{training}"):
-        return _run_cell(spec, training, out, splits, samples, domain, progress, echo)
+    with locked(cell.run_dir):
+        return _run_cell(cell, splits, samples, domain, progress, echo)
 
 
 def _run_cell(
-    spec: Spec,
-    training: Training,
-    out: Path,
-    splits: Splits,
-    samples: Samples,
-    domain: Domain,
-    progress: bool,
-    echo: Callable[[str], None],
+    cell: _Cell, splits: Splits, samples: Samples, domain: Domain, progress: bool, echo: Callable[[str], None]
 ) -> CellResult:
     """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
     is already there and still valid; the copy of M lets a changed property or attack re-check M
     without retraining."""
+    spec, training, run_dir = cell.spec, cell.training, cell.run_dir
     method = spec.unlearning.method
-    run_dir = out / f"{method}-{training}"
-    name = f"{method.display_name} {training}"
+    name = f"{cell.label}{method.display_name} {training}"
     digest = spec_sha256(spec)
     reused = []
 
@@ -213,7 +332,7 @@ def _run_cell(
     else:
         reused.append("check M'")
     log = run.log()
-    return CellResult(method, training, run_dir, before, after, log[-1] if log else {}, reused)
+    return CellResult(method, training, run_dir, before, after, log[-1] if log else {}, reused, cell.dataset)
 
 
 def _deleted_as_requested(run: Run, spec: Spec, splits: Splits) -> bool:
@@ -249,68 +368,296 @@ def _valid_report(path: Path, digest: str, model: Path) -> Report | None:
     return report
 
 
-# ------------------------------------------------------------------------------------------ tables
-def study_tables(dataset: str, cells: list[CellResult]) -> dict[str, Any]:
-    """{"pgd"|"certified": {"RQ1".."RQ4": [row per epsilon]}} with ACC, R-ACC, Gap per method."""
-    by_key = {(c.method, c.training): c for c in cells}
-    methods = [m for m in METHODS if any(c.method == m for c in cells)]
-    epsilons = [r.epsilon for r in cells[0].before.results]
+# ----------------------------------------------------------------------------------------- numbers
+def _methods(cells: list[CellResult]) -> list[UnlearningMethod]:
+    return [m for m in METHODS if any(c.method == m for c in cells)]
+
+
+def _datasets(cells: list[CellResult]) -> list[str]:
+    return list(dict.fromkeys(c.dataset for c in cells))
+
+
+def _grid(cells: list[CellResult]) -> dict[tuple[str, str, str], CellResult]:
+    return {(c.dataset, c.method, c.training): c for c in cells}
+
+
+def study_tables(cells: list[CellResult]) -> dict[str, Any]:
+    """The per-epsilon detail: {"pgd"|"certified": {"RQ1".."RQ4": [row per data set and epsilon]}} with
+    ACC, R-ACC, Gap per method."""
+    grid = _grid(cells)
+    methods = _methods(cells)
     out: dict[str, Any] = {}
     for kind, (racc, gap, _) in ROBUSTNESS.items():
         out[kind] = {}
         for question, (training, when) in QUESTIONS.items():
             rows = []
-            for eps in epsilons:
-                row: dict[str, Any] = {"dataset": dataset, "epsilon": eps}
-                for method in methods:
-                    cell = by_key[(method, training)]
-                    result = (cell.before if when == "before" else cell.after).result_at(eps)
-                    row[method] = {
-                        "acc": result.clean_accuracy,
-                        "r_acc": getattr(result, racc),
-                        "gap": getattr(result, gap),
-                    }
-                rows.append(row)
+            for dataset in _datasets(cells):
+                first = grid[(dataset, methods[0], training)]
+                for eps in [r.epsilon for r in first.before.results]:
+                    row: dict[str, Any] = {"dataset": dataset, "epsilon": eps}
+                    for method in methods:
+                        result = grid[(dataset, method, training)].report(when).result_at(eps)
+                        row[method] = {
+                            "acc": result.clean_accuracy,
+                            "r_acc": getattr(result, racc),
+                            "gap": getattr(result, gap),
+                        }
+                    rows.append(row)
             out[kind][question] = rows
     return out
 
 
+def _numbers(result: EpsilonResult) -> dict[str, float]:
+    return {
+        "acc": result.clean_accuracy,
+        "r_acc": result.pgd_accuracy,
+        "gap": result.gap_pgd,
+        "certified": result.certified_accuracy,
+        "gap_certified": result.gap_certified,
+    }
+
+
+def headline_numbers(cells: list[CellResult], headline: dict[str, float]) -> dict[str, Any]:
+    """{data set: {"epsilon": sigma, method: {training: {when: ACC, R-ACC (PGD), Gap, certified ...}}}}."""
+    out: dict[str, Any] = {}
+    for dataset in _datasets(cells):
+        eps = headline[dataset]
+        row: dict[str, Any] = {"epsilon": eps}
+        for c in (c for c in cells if c.dataset == dataset):
+            row.setdefault(c.method, {})[c.training] = {
+                when: _numbers(c.report(when).result_at(eps)) for when in ("before", "after")
+            }
+        out[dataset] = row
+    return out
+
+
+def seed_pattern(cells: list[CellResult], headline: dict[str, float]) -> list[PatternCheck]:
+    """The seed's finding, checked per data set, method and moment (before and after the deletion) at
+    the headline sigma: only where the grid has both trainings."""
+    grid = _grid(cells)
+    checks = []
+    for dataset in _datasets(cells):
+        eps = headline[dataset]
+        for method in _methods(cells):
+            std, adv = grid.get((dataset, method, Training.STANDARD)), grid.get((dataset, method, Training.ADVERSARIAL))
+            if std is None or adv is None:
+                continue
+            for when in ("before", "after"):
+                s, a = std.report(when).result_at(eps), adv.report(when).result_at(eps)
+                checks.append(
+                    PatternCheck(dataset, method, when, eps, s.clean_accuracy, a.clean_accuracy, s.gap_pgd, a.gap_pgd)
+                )
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ tables
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _moved(before: float | None, after: float | None, digits: int = 2) -> str:
+    """`before → after (±points)`, the change a deletion made."""
+    pct = _pct if digits == 2 else (lambda v: "-" if v is None else f"{100 * v:.{digits}f}%")
+    if before is None or after is None:
+        return f"{pct(before)} → {pct(after)}"
+    return f"{pct(before)} → {pct(after)} ({100 * (after - before):+.{digits}f})"
+
+
+_NORM = {"inf": "L∞", "2": "L2", "1": "L1"}
+_TRAINING_LABEL = {Training.STANDARD: "st_model (standard)", Training.ADVERSARIAL: "at_model (adversarial)"}
+
+
+def headline_tables(cells: list[CellResult], headline: dict[str, float]) -> list[Table]:
+    """The seed's two tables (st_models, at_models; before deletion) and the same after the deletion:
+    one row per data set at its headline sigma, PGD robust accuracy as R-ACC."""
+    grid, methods = _grid(cells), _methods(cells)
+    header = ["Dataset", *[f"{m.display_name} {col}" for m in methods for col in ("ACC", "R-ACC", "Gap")]]
+    titles = {
+        "RQ1": "Standard-trained models (st_model), before the deletion (RQ1)",
+        "RQ2": "Adversarially trained models (at_model), before the deletion (RQ2)",
+        "RQ3": "Standard-trained models (st_model), after the deletion (RQ3)",
+        "RQ4": "Adversarially trained models (at_model), after the deletion (RQ4)",
+    }
+    tables = []
+    for question, (training, when) in QUESTIONS.items():
+        rows = []
+        for dataset in _datasets(cells):
+            eps = headline[dataset]
+            row = [f"{dataset} (σ={eps:g})"]
+            for m in methods:
+                r = grid[(dataset, m, training)].report(when).result_at(eps)
+                row += [_pct(r.clean_accuracy), _pct(r.pgd_accuracy), _pct(r.gap_pgd)]
+            rows.append(row)
+        tables.append(Table(titles[question], header, rows, id=question.lower()))
+    return tables
+
+
+def beyond_tables(cells: list[CellResult], headline: dict[str, float]) -> list[Table]:
+    """What the seed did not have: certified R-ACC beside PGD's, and what the deletion changed."""
+    grid, methods = _grid(cells), _methods(cells)
+    certified_rows, moved_rows = [], []
+    for dataset in _datasets(cells):
+        eps = headline[dataset]
+        for training in TRAININGS:
+            if not all((dataset, m, training) in grid for m in methods):
+                continue
+            label = [f"{dataset} (σ={eps:g})", _TRAINING_LABEL[training]]
+            certified = list(label)
+            for m in methods:
+                cell = grid[(dataset, m, training)]
+                b, a = cell.before.result_at(eps), cell.after.result_at(eps)
+                certified += [_pct(b.pgd_accuracy), _pct(b.certified_accuracy), _pct(b.gap_certified)]
+                moved_rows.append(
+                    [
+                        *label,
+                        m.display_name,
+                        _moved(b.clean_accuracy, a.clean_accuracy),
+                        _moved(b.pgd_accuracy, a.pgd_accuracy),
+                        _moved(b.gap_pgd, a.gap_pgd),
+                        _moved(b.certified_accuracy, a.certified_accuracy),
+                    ]
+                )
+            certified_rows.append(certified)
+    names = [m.display_name for m in methods]
+    return [
+        Table(
+            "Certified robust accuracy (bounds) beside PGD's, before the deletion",
+            [
+                "Dataset",
+                "Training",
+                *[f"{n} {c}" for n in names for c in ("R-ACC (PGD)", "R-ACC (certified)", "Gap (certified)")],
+            ],
+            certified_rows,
+            note="certified ≤ PGD ≤ clean for every sample set: the true robust accuracy lies between the two.",
+            numeric_from=2,
+            id="certified",
+        ),
+        Table(
+            "Before → after the deletion (change in points)",
+            ["Dataset", "Training", "Method", "ACC", "R-ACC", "Gap", "certified R-ACC"],
+            moved_rows,
+            numeric_from=3,
+            id="deltas",
+        ),
+    ]
+
+
+def deletion_table(cells: list[CellResult]) -> Table:
+    """How well each deletion worked: accuracies of M and M' on test / retained / forgotten, the
+    membership-inference AUC on the forgotten samples (0.5 is chance), its size and time."""
+    rows = []
+    for c in cells:
+        metrics = c.deletion.get("metrics", {})
+        acc = metrics.get("accuracy", {})
+        auc = metrics.get("membership_inference_auc", {})
+
+        def pair(split: str, acc: dict[str, Any] = acc) -> str:
+            return _moved(acc.get("M", {}).get(split), acc.get("M_prime", {}).get(split), digits=1)
+
+        before_auc, after_auc = auc.get("M"), auc.get("M_prime")
+        seconds = metrics.get("seconds", {}).get("unlearn")
+        rows.append(
+            [
+                c.dataset,
+                c.method.display_name,
+                str(c.training),
+                str(len(c.deletion.get("ids", []))),
+                "-" if seconds is None else f"{seconds:.2f}",
+                pair("test"),
+                pair("retained"),
+                pair("forgotten"),
+                f"{_auc(before_auc)} → {_auc(after_auc)}",
+            ]
+        )
+    return Table(
+        "The deletions: M → M′",
+        ["Dataset", "Method", "Training", "deleted", "seconds", "test ACC", "retained ACC", "forgotten ACC", "MIA AUC"],
+        rows,
+        note="MIA AUC: a loss-threshold membership-inference attack, forgotten vs test samples; 0.5 is chance.",
+        numeric_from=3,
+        id="deletion",
+    )
+
+
+def _auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def detail_tables(cells: list[CellResult]) -> dict[str, list[Table]]:
+    """The per-epsilon RQ1-RQ4 tables, once with PGD R-ACC and once with certified R-ACC."""
+    tables = study_tables(cells)
+    methods = _methods(cells)
+    header = ["Dataset", *[f"{m.display_name} {col}" for m in methods for col in ("ACC", "R-ACC", "Gap")]]
+    out: dict[str, list[Table]] = {}
+    columns = [(m, k) for m in methods for k in ("acc", "r_acc", "gap")]
+    for kind in ROBUSTNESS:
+        out[kind] = []
+        for question, rows in tables[kind].items():
+            body = [
+                [f"{row['dataset']} (σ={row['epsilon']:g})", *[_pct(row[m][k]) for m, k in columns]] for row in rows
+            ]
+            out[kind].append(
+                Table(f"{question}: {_QUESTION_TEXT[question]}", header, body, id=f"{kind}-{question.lower()}")
+            )
+    return out
+
+
 _QUESTION_TEXT = {
-    "RQ1": "How robust is the standard-trained model **before** the deletion?",
-    "RQ2": "How robust is the adversarially trained model **before** the deletion?",
-    "RQ3": "How robust is the standard-trained model **after** the deletion?",
-    "RQ4": "How robust is the adversarially trained model **after** the deletion?",
+    "RQ1": "How robust is the standard-trained model before the deletion?",
+    "RQ2": "How robust is the adversarially trained model before the deletion?",
+    "RQ3": "How robust is the standard-trained model after the deletion?",
+    "RQ4": "How robust is the adversarially trained model after the deletion?",
 }
 
 
-def render_tables_markdown(spec: Spec, tables: dict[str, Any]) -> str:
-    norm = {"inf": "L∞", "2": "L2", "1": "L1"}[spec.property.norm]
+def _setting(spec: Spec) -> str:
+    delete = spec.unlearning.delete
+    request = f"ids {delete.ids}" if delete.ids else f"{delete.fraction:g} of the training set"
+    return (
+        f"{spec.name}: {_NORM[spec.property.norm]} ball, {spec.data.samples} {spec.data.split} samples, "
+        f"σ sweep {', '.join(f'{e:g}' for e in spec.property.epsilon)} (headline {spec.headline_epsilon():g}); "
+        f"deletion: {request}; bounds {spec.verify.method}; PGD {spec.attack.steps} steps x "
+        f"{spec.attack.restarts} restarts."
+    )
+
+
+def findings(pattern: list[PatternCheck]) -> list[str]:
+    """One line per data set and method: the seed's finding, held or not, before and after deletion."""
+    lines = []
+    for dataset in dict.fromkeys(p.dataset for p in pattern):
+        for method in dict.fromkeys(p.method for p in pattern if p.dataset == dataset):
+            parts = [p for p in pattern if p.dataset == dataset and p.method == method]
+            text = "; ".join(
+                f"{p.when}: Gap {_pct(p.gap_standard)} standard vs {_pct(p.gap_adversarial)} adversarial "
+                f"({p.ratio_text}), ACC {_pct(p.acc_standard)} vs "
+                f"{_pct(p.acc_adversarial)}"
+                for p in parts
+            )
+            verdict = "holds" if all(p.holds for p in parts) else "does not hold"
+            lines.append(
+                f"{dataset}, {method.display_name} at σ={parts[0].epsilon:g}: {text} — the seed's finding {verdict}."
+            )
+    return lines
+
+
+def render_tables_markdown(specs: Sequence[Spec], cells: list[CellResult]) -> str:
+    headline = {s.name: s.headline_epsilon() for s in specs}
+    seed = headline_tables(cells, headline)
     lines = [
-        f"# {spec.name}: robustness before and after deletion",
+        f"# Robustness before and after deletion: {', '.join(s.name for s in specs)}",
         "",
-        f"{norm} ball, {spec.data.samples} {spec.data.split} samples; deletion: "
-        + (
-            f"ids {spec.unlearning.delete.ids}"
-            if spec.unlearning.delete.ids
-            else f"{spec.unlearning.delete.fraction:g}"
-        )
-        + f" of the training set; bounds {spec.verify.method}; PGD {spec.attack.steps} steps x "
-        f"{spec.attack.restarts} restarts. Gap = ACC - R-ACC.",
+        *[_setting(s) for s in specs],
+        "",
+        "ACC: clean accuracy; R-ACC: PGD robust accuracy (the seed's); Gap = ACC - R-ACC; "
+        "σ: the headline radius (`study.headline_epsilon`).",
+        "",
+        section_markdown(Section("The seed's tables at the headline σ", seed[:2])),
     ]
-    for kind, (_, _, label) in ROBUSTNESS.items():
-        lines += ["", f"## R-ACC: {label} robust accuracy", ""]
-        for question, rows in tables[kind].items():
-            methods = [m for m in METHODS if m in rows[0]]
-            lines += [f"### {question}: {_QUESTION_TEXT[question]}", ""]
-            header = ["Dataset", *[f"{m.display_name} {col}" for m in methods for col in ("ACC", "R-ACC", "Gap")]]
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "|".join(["---", *["---:" for _ in header[1:]]]) + "|")
-            for row in rows:
-                cells = [f"{row['dataset']} (ε={row['epsilon']:g})"]
-                for m in methods:
-                    cells += [f"{100 * row[m][k]:.2f}%" for k in ("acc", "r_acc", "gap")]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
+    lines += [f"- {line}" for line in findings(seed_pattern(cells, headline))] + [""]
+    lines.append(section_markdown(Section("After the deletion, in the seed's layout", seed[2:])))
+    lines.append(section_markdown(Section("Beyond the seed", [*beyond_tables(cells, headline), deletion_table(cells)])))
+    for kind, tables in detail_tables(cells).items():
+        lines.append(section_markdown(Section(f"Per-σ detail, R-ACC: {ROBUSTNESS[kind][2]} robust accuracy", tables)))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -321,71 +668,204 @@ _STYLE = {
     ("adversarial", "before"): ("tab:red", "o", "adversarial, before"),
     ("adversarial", "after"): ("tab:orange", "s", "adversarial, after"),
 }
+PLOT_TITLES = {
+    "accuracy": "clean accuracy",
+    "robust_accuracy": "robust accuracy",
+}
 
 
-def plot_study(dataset: str, cells: list[CellResult], folder: Path) -> list[Path]:
-    """The seed's four charts (per method: accuracy, robust accuracy against epsilon, before and after
-    deletion) and certified against empirical robust accuracy; PNG files, written atomically."""
+def plot_names(cells: list[CellResult]) -> list[str]:
+    return [f"{m}_{k}.png" for m in _methods(cells) for k in PLOT_TITLES] + ["certified_vs_empirical.png"]
+
+
+_NOT_PLOTTED: Any = {"seconds": True, "complete": {"seconds"}}  # timings: a rerun's differ, its plots do not
+
+
+def plots_for(cells: list[CellResult], headline: dict[str, float], folder: Path, *, norm: str = "inf") -> list[Path]:
+    """The plots, drawn again only when what they show changed (drawing them is most of a rerun's time):
+    `plots/inputs.sha256` records the hash of every number they plot, the headline and the norm."""
+    state = {
+        "version": __version__,
+        "norm": norm,
+        "headline": headline,
+        "cells": [
+            [
+                c.dataset,
+                c.method,
+                c.training,
+                [r.model_dump(mode="json", exclude=_NOT_PLOTTED) for r in (*c.before.results, *c.after.results)],
+            ]
+            for c in cells
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+    record = folder / "inputs.sha256"
+    paths = [folder / name for name in plot_names(cells)]
+    if record.is_file() and record.read_text(encoding="utf-8").strip() == digest and all(p.is_file() for p in paths):
+        return paths
+    record.unlink(missing_ok=True)  # a run killed while drawing must not leave a record that claims the new plots
+    written = plot_study(cells, headline, folder, norm=norm)
+    atomic_write_bytes(record, (digest + "\n").encode("utf-8"))
+    return written
+
+
+def plot_study(cells: list[CellResult], headline: dict[str, float], folder: Path, *, norm: str = "inf") -> list[Path]:
+    """The seed's four charts (per method: accuracy and robust accuracy against sigma, standard and
+    adversarial, before and after the deletion) and certified against empirical robust accuracy; one
+    panel per data set, the headline sigma marked; PNG files, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
+    datasets = _datasets(cells)
+    xlabel = f"σ: {_NORM[norm]} radius of the ball (input units)"
     written = []
-    for method in [m for m in METHODS if any(c.method == m for c in cells)]:
-        for metric, title in (("accuracy", "accuracy"), ("robust_accuracy", "robust accuracy")):
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for cell in (c for c in cells if c.method == method):
-                for when, report in (("before", cell.before), ("after", cell.after)):
-                    color, marker, label = _STYLE[(cell.training, when)]
-                    eps = [r.epsilon for r in report.results]
-                    if metric == "accuracy":
-                        ax.plot(eps, [r.clean_accuracy for r in report.results], color=color, marker=marker,
-                                label=label)  # fmt: skip
-                    else:
-                        ax.plot(eps, [r.pgd_accuracy for r in report.results], color=color, marker=marker,
-                                label=f"{label} (PGD)")  # fmt: skip
-                        ax.plot(eps, [r.certified_accuracy for r in report.results], color=color, marker=marker,
-                                linestyle="--", label=f"{label} (certified)")  # fmt: skip
-            ax.set(xlabel="epsilon", ylabel=title, ylim=(0, 1.02), title=f"{method.display_name} {title}: {dataset}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+    for method in _methods(cells):
+        for metric, title in PLOT_TITLES.items():
+            fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.4), squeeze=False)
+            for ax, dataset in zip(axes[0], datasets, strict=True):
+                for cell in (c for c in cells if c.method == method and c.dataset == dataset):
+                    for when in ("before", "after"):
+                        report = cell.report(when)
+                        color, marker, label = _STYLE[(cell.training, when)]
+                        eps = [r.epsilon for r in report.results]
+                        if metric == "accuracy":
+                            ax.plot(eps, [100 * r.clean_accuracy for r in report.results], color=color,
+                                    marker=marker, label=label)  # fmt: skip
+                        else:
+                            ax.plot(eps, [100 * r.pgd_accuracy for r in report.results], color=color,
+                                    marker=marker, label=f"{label} (PGD)")  # fmt: skip
+                            ax.plot(eps, [100 * r.certified_accuracy for r in report.results], color=color,
+                                    marker=marker, linestyle="--", label=f"{label} (certified)")  # fmt: skip
+                _mark_headline(ax, headline[dataset])
+                ax.set(xlabel=xlabel, ylabel=f"{title} (%)", ylim=(0, 102))
+                ax.set_title(f"{method.display_name} {title}: {dataset}")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7, loc="best")
+            fig.tight_layout()
             written.append(_save(fig, folder / f"{method}_{metric}.png"))
             plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for cell in cells:
-        for when, report in (("before", cell.before), ("after", cell.after)):
-            color, marker, label = _STYLE[(cell.training, when)]
-            ax.scatter(
-                [r.pgd_accuracy for r in report.results],
-                [r.certified_accuracy for r in report.results],
-                color=color,
-                marker=marker if cell.method == "sisa" else "^",
-                label=f"{cell.method.display_name} {label}",
-            )
-    ax.plot([0, 1], [0, 1], color="gray", linewidth=1, label="certified = PGD")
-    ax.set(xlabel="PGD robust accuracy", ylabel="certified robust accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
-    ax.set_title(f"certified vs empirical: {dataset}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.6 * len(datasets), 5.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for cell in (c for c in cells if c.dataset == dataset):
+            for when in ("before", "after"):
+                report = cell.report(when)
+                color, marker, label = _STYLE[(cell.training, when)]
+                marker = marker if cell.method == "sisa" else "^"
+                pgd = [100 * r.pgd_accuracy for r in report.results]
+                certified = [100 * r.certified_accuracy for r in report.results]
+                ax.scatter(pgd, certified, color=color, marker=marker, label=f"{cell.method.display_name} {label}")
+                at = report.result_at(headline[dataset])
+                ax.scatter([100 * at.pgd_accuracy], [100 * at.certified_accuracy], s=160, facecolors="none",
+                           edgecolors="black", linewidths=1.2)  # fmt: skip
+        ax.scatter(
+            [], [], s=160, facecolors="none", edgecolors="black", label=f"ringed: headline σ={headline[dataset]:g}"
+        )
+        ax.plot([0, 100], [0, 100], color="gray", linewidth=1, label="certified = PGD")
+        ax.set(xlabel="PGD robust accuracy (%)", ylabel="certified robust accuracy (%)", xlim=(0, 102), ylim=(0, 102))
+        ax.set_title(f"Certified vs empirical robust accuracy: {dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
     written.append(_save(fig, folder / "certified_vs_empirical.png"))
     plt.close(fig)
     return written
 
 
+def _mark_headline(ax: Any, sigma: float) -> None:
+    ax.axvline(sigma, color="black", linestyle=":", linewidth=1.2, label=f"headline σ = {sigma:g}")
+
+
 def _save(fig: Any, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-def render_study_summary(result: StudyResult, spec: Spec) -> str:
-    tables = json.loads(result.tables_json.read_text(encoding="utf-8"))
-    return "\n".join(
-        [
-            render_tables_markdown(spec, tables),
-            "tables: " + str(result.tables_markdown) + ", " + str(result.tables_json),
-            "plots: " + ", ".join(str(p) for p in result.plots),
-        ]
+# -------------------------------------------------------------------------------------------- page
+_FIGURE_TEXT = {
+    "accuracy": "Clean accuracy of the {method} models against σ (the same samples at every σ): standard and "
+    "adversarial training, before and after the deletion.",
+    "robust_accuracy": "Robust accuracy of the {method} models against σ: PGD (solid; an upper bound on the true "
+    "robust accuracy) and certified by the bounds (dashed; a lower bound).",
+}
+
+
+def report_page(specs: Sequence[Spec], cells: list[CellResult], plots: list[Path]) -> Page:
+    """Everything report.html shows, in reading order."""
+    headline = {s.name: s.headline_epsilon() for s in specs}
+    seed = headline_tables(cells, headline)
+    figures = []
+    for path in plots:
+        if path.stem == "certified_vs_empirical":
+            title = "Certified vs empirical robust accuracy"
+            caption = (
+                "One point per model and σ; the ringed points are at the headline σ. The distance below the "
+                "diagonal is what PGD could not break but the bounds could not prove."
+            )
+        else:
+            method, metric = path.stem.split("_", 1)
+            name = UnlearningMethod(method).display_name
+            title = f"{name} {PLOT_TITLES[metric]}"
+            caption = _FIGURE_TEXT[metric].format(method=name) + " The dotted line marks the headline σ."
+        figures.append(Figure(title, path, caption, id=f"plot-{path.stem}", wide=len(specs) > 1))
+    versions = dict(cells[0].before.versions) if cells else {}
+    import matplotlib
+
+    versions |= {"numpy": np.__version__, "matplotlib": matplotlib.__version__, "platform": platform.platform()}
+    sections = [
+        Section("The seed's tables at the headline σ", seed[:2], id="seed-tables"),
+        Section("After the deletion, in the seed's layout", seed[2:], id="after-tables"),
+        Section("Beyond the seed", beyond_tables(cells, headline), id="beyond"),
+        Section("The deletions", [deletion_table(cells)], id="deletions"),
+    ]
+    for kind, tables in detail_tables(cells).items():
+        sections.append(
+            Section(f"Per-σ detail, R-ACC: {ROBUSTNESS[kind][2]} robust accuracy", tables, id=f"detail-{kind}")
+        )
+    return Page(
+        title=f"uverify study: {', '.join(s.name for s in specs)}",
+        intro=[
+            "Is the unlearned model still robust? Each data set's models are trained with SISA and Amnesiac "
+            "unlearning, standard and adversarially, checked, then checked again after the deletion.",
+            *[_setting(s) for s in specs],
+            "ACC: clean accuracy; R-ACC: PGD robust accuracy (the seed's); Gap = ACC − R-ACC.",
+        ],
+        findings=findings(seed_pattern(cells, headline)),
+        sections=sections,
+        figures=figures,
+        specs={s.name: yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False) for s in specs},
+        versions=versions,
+        generated=f"uverify {__version__}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
     )
 
 
-__all__ = ["CellResult", "StudyResult", "cell_spec", "plot_study", "render_tables_markdown", "study", "study_tables"]
+def render_study_summary(result: StudyResult, spec: Spec | None = None) -> str:
+    """What the study prints at the end: the seed's tables at the headline sigma (before and after the
+    deletion), the finding, and where everything is. `spec` is unused (the result carries its specs);
+    it stays for the callers written when a study had one."""
+    lines = [table_markdown(t) for t in headline_tables(result.cells, result.headline)]
+    lines += [f"- {line}" for line in findings(result.pattern)]
+    lines += [
+        "",
+        "tables: " + str(result.tables_markdown) + ", " + str(result.tables_json),
+        "report: " + str(result.report_html),
+        "plots: " + ", ".join(str(p) for p in result.plots),
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CellResult",
+    "PatternCheck",
+    "StudyResult",
+    "cell_spec",
+    "headline_numbers",
+    "plot_study",
+    "plots_for",
+    "render_tables_markdown",
+    "report_page",
+    "seed_pattern",
+    "study",
+    "study_tables",
+    "torch_threads",
+]

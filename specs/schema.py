@@ -19,11 +19,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     StrictBool,
+    ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from uverify.kinds import Aggregation, BoundMethod, GateMetric, Norm, UnlearningMethod, canonical_norm
 
@@ -230,9 +234,28 @@ class PropertySpec(_Strict):
         return value
 
 
+class CompleteSpec(_Strict):
+    """Branch and bound on every sample the incomplete pass leaves unknown (verifier/bab)."""
+
+    timeout_s: PosFloat = Field(30.0, description="budget per sample and epsilon, seconds")
+    mode: Literal["auto", "input", "relu"] = Field(
+        "auto", description="input splitting, ReLU splitting, or auto (input for <= 16 inputs under norm inf)"
+    )
+    memory_mb: PosFloat = Field(1024.0, description="cap on the stored sub-domains per sample")
+
+
 class VerifySpec(_Strict):
     method: BoundMethod = BoundMethod.CROWN
     batch_size: PosInt = 64
+    complete: CompleteSpec | None = Field(None, description="complete verification; off when absent")
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_complete(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Absent stays absent: a spec without `complete` dumps, and so hashes, as it did before the key."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("complete", 0) is None:
+            del data["complete"]
+        return data
 
 
 class AttackSpec(_Strict):
@@ -248,6 +271,18 @@ class GateSpec(_Strict):
     max_drop: Float = Field(0.02, ge=0.0, le=1.0)
 
 
+class StudySpec(_Strict):
+    """How `uverify study` presents and runs the grid; it never changes a result, so a study's runs and
+    reports carry the default and a new headline re-renders the tables without retraining."""
+
+    headline_epsilon: PosFloat | None = Field(
+        None, description="the sigma of the seed-layout tables; one of property.epsilon (default: the middle one)"
+    )
+    threads: PosInt | None = Field(
+        None, description="torch threads while the study runs (default: torch's); 1 suits small models"
+    )
+
+
 class Spec(_Strict):
     name: str = Field(min_length=1)
     data: DataSpec
@@ -258,6 +293,35 @@ class Spec(_Strict):
     verify: VerifySpec = Field(default_factory=VerifySpec)
     attack: AttackSpec = Field(default_factory=AttackSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
+    study: StudySpec = Field(default_factory=StudySpec)
+
+    @model_validator(mode="after")
+    def _headline_in_sweep(self) -> Spec:
+        wanted = self.study.headline_epsilon
+        if wanted is not None and not any(math.isclose(wanted, e, rel_tol=1e-9) for e in self.property.epsilon):
+            sweep = ", ".join(f"{e:g}" for e in self.property.epsilon)
+            error = PydanticCustomError("value_error", f"must be one of property.epsilon ({sweep})")
+            raise ValidationError.from_exception_data(
+                "Spec", [InitErrorDetails(type=error, loc=("study", "headline_epsilon"), input=wanted)]
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_default_study(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A spec without a `study` section dumps, and so hashes, as it did before the section existed."""
+        data = handler(self)
+        if isinstance(data, dict) and self.study == StudySpec():
+            data.pop("study", None)
+        return data
+
+    def headline_epsilon(self) -> float:
+        """The sigma of the seed-layout tables: `study.headline_epsilon` as the sweep writes it, else the
+        sweep's middle value (sorted; the lower middle one for an even count)."""
+        sweep = self.property.epsilon
+        wanted = self.study.headline_epsilon
+        if wanted is None:
+            return sorted(sweep)[(len(sweep) - 1) // 2]
+        return next(e for e in sweep if math.isclose(wanted, e, rel_tol=1e-9))
 
     def adversarial_or_default(self) -> AdversarialSpec:
         """The spec's adversarial training settings, or Madry-style defaults at the largest epsilon."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -110,6 +111,10 @@ def normalised(snap: dict[str, bytes]) -> dict[str, Any]:
     for name, data in snap.items():
         if name.endswith(".json"):
             out[name] = _drop_timings(json.loads(data))
+        elif name.endswith(".md"):
+            out[name] = _markdown_without_timings(data.decode("utf-8"))
+        elif name.endswith(".html"):
+            out[name] = _html_without_timings(data.decode("utf-8"))
         else:
             out[name] = data
     return out
@@ -121,6 +126,40 @@ def _drop_timings(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_drop_timings(v) for v in obj]
     return obj
+
+
+def _markdown_without_timings(text: str) -> str:
+    """A rendered page's timing columns (a header cell that is a timing key) blanked, row by row."""
+    out, timing = [], set[int]()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("|"):
+            timing = set()
+            out.append(line)
+            continue
+        cells = line.strip().strip("|").split("|")
+        if i + 1 < len(lines) and lines[i + 1].startswith("|") and set(lines[i + 1]) <= set("|-: "):
+            timing = {k for k, c in enumerate(cells) if _is_timing(c.strip())}
+        out.append("|".join("" if k in timing else c for k, c in enumerate(cells)))
+    return "\n".join(out)
+
+
+def _html_without_timings(text: str) -> str:
+    """report.html with its generation time and its tables' timing columns blanked."""
+    text = re.sub(r'<p class="meta">[^<]*</p>', "", text)
+
+    def table(match: re.Match[str]) -> str:
+        body = match.group(0)
+        header = re.findall(r"<th>(.*?)</th>", body)
+        timing = {k for k, h in enumerate(header) if _is_timing(h.strip())}
+
+        def row(tr: re.Match[str]) -> str:
+            cells = re.findall(r"<td[^>]*>.*?</td>", tr.group(1))
+            return "<tr>" + "".join("" if k in timing else c for k, c in enumerate(cells)) + "</tr>"
+
+        return re.sub(r"<tr>(.*?)</tr>", row, body)
+
+    return re.sub(r"<table.*?</table>", table, text, flags=re.S)
 
 
 def leftovers(parent: Path) -> list[str]:

@@ -195,7 +195,8 @@ class Bounder:
             "use_shared_alpha": SHARED_ALPHA,
         }
         self._cache: OrderedDict[int, tuple[Any, str | None]] = OrderedDict()
-        self._bounded(1)  # trace now: an unsupported model fails here, not half-way through a run
+        # trace now: an unsupported model fails here, not half-way through a run
+        self._lp_breaker = self._bounded(1)[1]
 
     def _bounded(self, batch_size: int) -> tuple[Any, str | None]:
         """(BoundedModule traced at this batch size, first op that loses an Lp ball or None)."""
@@ -217,6 +218,22 @@ class Bounder:
             self._cache.popitem(last=False)
         return entry
 
+    @property
+    def module(self) -> nn.Module:
+        """The frozen copy that is bounded (eval mode, dropout removed); branch and bound bounds it too."""
+        return self._model
+
+    def check_norm(self, norm: str | float) -> None:
+        """A `BoundsError` when a norm-2 or norm-1 ball cannot be bounded soundly through this model."""
+        norm = parse_norm(norm)
+        lp_breaker = self._lp_breaker
+        if norm != "inf" and lp_breaker is not None:
+            raise BoundsError(
+                f"auto_LiRPA 0.3 cannot bound a norm-{norm} ball through the {lp_breaker} op that "
+                "precedes the first Linear/Conv layer (it would be unsound); use norm inf, or move "
+                "that preprocessing out of the model"
+            )
+
     def margins(
         self,
         x: torch.Tensor,
@@ -236,13 +253,9 @@ class Bounder:
         batch = x.shape[0]
         lower_t = self._domain_bound(lower, x, "lower")
         upper_t = self._domain_bound(upper, x, "upper")
-        bounded, lp_breaker = self._bounded(batch)
-        if norm != "inf" and lp_breaker is not None and epsilon > 0:
-            raise BoundsError(
-                f"auto_LiRPA 0.3 cannot bound a norm-{norm} ball through the {lp_breaker} op that "
-                "precedes the first Linear/Conv layer (it would be unsound); use norm inf, or move "
-                "that preprocessing out of the model"
-            )
+        bounded, _ = self._bounded(batch)
+        if epsilon > 0:
+            self.check_norm(norm)
 
         lirpa = self._lirpa
         if norm == "inf":

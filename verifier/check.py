@@ -11,6 +11,12 @@ bounds did not certify: a certified sample has no counterexample to find, and at
 cost most of the run. `cross_check=True` attacks the certified ones too, so that a certified sample
 with a confirmed counterexample, a soundness bug, is raised instead of reported; the soundness tests
 run that way.
+
+With `verify.complete` in the spec (`uverify check --complete`), branch and bound (verifier/bab) then
+runs on every sample still unknown, each within `timeout_s`: it turns unknown into verified or
+falsified (its counterexamples replayed by onnxruntime like PGD's), or leaves it unknown with the reason
+it stopped. A majority vote, or a mode that does not fit the norm, is not branch-and-bounded: the
+verdicts stay the incomplete ones and the report says why.
 """
 
 from __future__ import annotations
@@ -36,12 +42,23 @@ from uverify.errors import UverifyError
 from uverify.files import atomic_write_npz, ensure_writable_dir, sha256_file
 from uverify.models.referee import Referee
 from uverify.models.vote import VoteReferee, is_vote_manifest, read_vote_manifest
-from uverify.specs.schema import CheckSpec, Spec, spec_sha256
+from uverify.specs.schema import CheckSpec, CompleteSpec, Spec, spec_sha256
 from uverify.verifier import lirpa_compat
+from uverify.verifier.bab import STOP_REASONS, BabError
+from uverify.verifier.bab.stage import CompleteStage
 from uverify.verifier.bounds import Bounder, verified
 from uverify.verifier.counterexamples import Judge, confirm_counterexamples
 from uverify.verifier.onnx_import import load_onnx, onnx_to_torch, validate_against_onnxruntime
-from uverify.verifier.report import Counts, EpsilonResult, Report, SampleRow, Timings, save_report
+from uverify.verifier.report import (
+    CompleteResult,
+    Counts,
+    EpsilonResult,
+    Report,
+    SampleComplete,
+    SampleRow,
+    Timings,
+    save_report,
+)
 from uverify.verifier.samples import Samples, samples_for_check
 from uverify.verifier.vote import MeanOfLogits, vote_margin
 
@@ -88,9 +105,13 @@ def check_and_save(
     *,
     progress: bool = True,
     cross_check: bool = False,
+    complete: bool = False,
+    timeout: float | None = None,
 ) -> Report:
     """`uverify check`: the spec's samples (or the user's .npz), checked, and the report written to `out`
-    with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`)."""
+    with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`). `complete` turns on
+    branch and bound (the spec's `verify.complete`, or its defaults), `timeout` sets its budget."""
+    spec = with_complete(spec, complete, timeout)
     if out is not None:
         ensure_writable_dir(out.parent)
     chosen = samples_for_check(spec, model_path, samples_npz)
@@ -102,6 +123,20 @@ def check_and_save(
     if out is not None:
         save_report(report, out)
     return report
+
+
+def with_complete(spec: Spec | CheckSpec, complete: bool, timeout: float | None) -> Spec | CheckSpec:
+    """The spec with branch and bound on (`--complete`), its timeout replaced by `timeout` when given."""
+    if timeout is not None and not complete:
+        raise UverifyError("--timeout is the budget of --complete; give --complete too")
+    if timeout is not None and not (np.isfinite(timeout) and timeout > 0):
+        raise UverifyError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    if not complete:
+        return spec
+    settings = spec.verify.complete or CompleteSpec()
+    if timeout is not None:
+        settings = settings.model_copy(update={"timeout_s": float(timeout)})
+    return spec.model_copy(update={"verify": spec.verify.model_copy(update={"complete": settings})})
 
 
 @dataclass(frozen=True)
@@ -155,6 +190,7 @@ class _EpsilonOutcome:
     verdicts: np.ndarray  # per sample, object dtype
     margins: np.ndarray  # per sample: the certified lower bound whose sign decides (NaN where not bounded)
     found: dict[str, list[np.ndarray]] = field(default_factory=dict)  # confirmed counterexamples
+    complete: list[SampleComplete | None] | None = None  # per sample, branch and bound's run
 
 
 class _Checker:
@@ -174,12 +210,17 @@ class _Checker:
             loss=spec.attack.loss,
         )
         self.lower_t, self.upper_t = torch.from_numpy(inputs.lower), torch.from_numpy(inputs.upper)
+        self.complete_spec = spec.verify.complete
+        self._stage: CompleteStage | None = None
+        self._skipped: str | None = None
+        self.progress = False
 
     def run(self, progress: bool) -> list[_EpsilonOutcome]:
         todo = np.flatnonzero(self.inputs.correct)
         batches = -(-len(todo) // self.spec.verify.batch_size)
         epsilons = self.spec.property.epsilon
         bar = tqdm(total=len(epsilons) * batches, desc="check", unit="batch", disable=None if progress else True)
+        self.progress = progress
         try:
             return [self._epsilon(k, eps, todo, bar) for k, eps in enumerate(epsilons)]
         finally:
@@ -200,7 +241,64 @@ class _Checker:
             rejected += batch_rejected
             bar.update(1)
         clean_seconds = self.inputs.clean_seconds if k == 0 else 0.0
-        return _EpsilonOutcome(_summarise(eps, verdicts, timing, rejected, clean_seconds), verdicts, margins, found)
+        result = _summarise(eps, verdicts, timing, rejected, clean_seconds)
+        if self.complete_spec is None:
+            return _EpsilonOutcome(result, verdicts, margins, found)
+        rows, summary = self._complete(eps, verdicts, found, result)
+        return _EpsilonOutcome(_with_complete(result, verdicts, summary), verdicts, margins, found, rows)
+
+    def _complete(
+        self, eps: float, verdicts: np.ndarray, found: dict[str, list[np.ndarray]], before: EpsilonResult
+    ) -> tuple[list[SampleComplete | None], dict[str, Any]]:
+        """Branch and bound on every unknown sample; updates `verdicts` and `found` in place."""
+        assert self.complete_spec is not None
+        unknown = np.flatnonzero(verdicts == "unknown")
+        rows: list[SampleComplete | None] = [None] * len(verdicts)
+        stops = dict.fromkeys(STOP_REASONS, 0)
+        summary: dict[str, Any] = {
+            "spec": self.complete_spec, "attempted": len(unknown), "stops": stops, "seconds": 0.0,
+            "before": before, "mode": "skipped", "skipped": None,
+        }  # fmt: skip
+        stage = self._complete_stage()
+        if stage is None:
+            summary["skipped"] = self._skipped
+            return rows, summary
+        summary["mode"] = stage.mode
+        inputs = self.inputs
+        for i in tqdm(
+            unknown, desc=f"branch and bound at {eps:g}", unit="sample", disable=None if self.progress else True
+        ):
+            decision = stage.decide(inputs.x[i], int(inputs.y[i]), eps)
+            rows[i] = SampleComplete(status=decision.status, seconds=decision.seconds, domains=decision.domains)
+            stops[decision.status] += 1
+            summary["seconds"] += decision.seconds
+            if decision.status == "verified":
+                verdicts[i] = "verified"
+            elif decision.status == "falsified":
+                verdicts[i] = "falsified"
+                for key, value in (
+                    ("ids", inputs.ids[i : i + 1]), ("epsilon", np.array([eps])), ("x", inputs.x[i : i + 1]),
+                    ("x_adv", decision.x_adv[None]), ("y", inputs.y[i : i + 1]), ("logits", decision.logits[None]),
+                ):  # fmt: skip
+                    found[key].append(value)
+        return rows, summary
+
+    def _complete_stage(self) -> CompleteStage | None:
+        """Built once, at the first unknown sample; None (with `_skipped` saying why) where BaB cannot run."""
+        if self._stage is not None or self._skipped is not None:
+            return self._stage
+        assert self.complete_spec is not None
+        if self.target.vote:
+            self._skipped = "a majority vote is certified from its members' bounds; branch and bound needs one model"
+            return None
+        try:
+            self._stage = CompleteStage(
+                self.bounders[0], self.complete_spec, self.target.referee, self.spec.property.norm,
+                self.inputs.lower, self.inputs.upper,
+            )  # fmt: skip
+        except BabError as error:
+            self._skipped = str(error)
+        return self._stage
 
     def _batch(
         self,
@@ -317,6 +415,9 @@ def _report(
             prediction=int(inputs.prediction[i]),
             verdicts=[o.verdicts[i] for o in outcomes],
             margin_lower_bounds=[None if not np.isfinite(o.margins[i]) else float(o.margins[i]) for o in outcomes],
+            complete=None
+            if outcomes[0].complete is None
+            else [o.complete[i] if o.complete else None for o in outcomes],
         )
         for i in range(len(inputs.x))
     ]
@@ -402,6 +503,40 @@ def _summarise(
         gap_certified=clean - certified,
         counts=Counts(**count, rejected_counterexamples=rejected),
         seconds=Timings(bounds=timing["bounds"], attack=timing["attack"], referee=timing["referee"] + clean_seconds),
+    )
+
+
+def _with_complete(before: EpsilonResult, verdicts: np.ndarray, summary: dict[str, Any]) -> EpsilonResult:
+    """The epsilon's result recounted after branch and bound, with the incomplete figures kept beside."""
+    n = len(verdicts)
+    count = {v: int((verdicts == v).sum()) for v in ("verified", "falsified", "unknown", "misclassified")}
+    clean = before.clean_accuracy
+    certified = count["verified"] / n
+    pgd = (count["verified"] + count["unknown"]) / n
+    stops = summary["stops"]
+    complete = CompleteResult(
+        mode=summary["mode"],
+        timeout_s=summary["spec"].timeout_s,
+        attempted=summary["attempted"],
+        verified=stops["verified"],
+        falsified=stops["falsified"],
+        undecided=summary["attempted"] - stops["verified"] - stops["falsified"],
+        stop_reasons=stops,
+        seconds=summary["seconds"],
+        exact_accuracy=certified if count["unknown"] == 0 else None,
+        incomplete_certified_accuracy=before.certified_accuracy,
+        incomplete_pgd_accuracy=before.pgd_accuracy,
+        skipped=summary["skipped"],
+    )
+    return before.model_copy(
+        update={
+            "certified_accuracy": certified,
+            "pgd_accuracy": pgd,
+            "gap_pgd": clean - pgd,
+            "gap_certified": clean - certified,
+            "counts": before.counts.model_copy(update={k: count[k] for k in ("verified", "falsified", "unknown")}),
+            "complete": complete,
+        }
     )
 
 

@@ -3,6 +3,12 @@ validated) and the table printed on stdout.
 
 Accuracies are fractions of all checked samples. Per the seed's tables, Gap = clean accuracy - robust
 accuracy; we report it for the PGD (empirical) and the certified robust accuracy.
+
+With complete verification (`verify.complete`), branch and bound runs on the samples the incomplete pass
+left unknown: verdicts and accuracies then count its answers too (certified ≤ exact ≤ PGD, equal when
+every sample is decided), and each epsilon gains a `complete` block (the incomplete figures, what BaB
+decided, its stop reasons and time) and each sample row a `complete` entry per epsilon. Without it
+neither key is written, so such reports are byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from uverify.errors import UverifyError
 from uverify.files import atomic_write_json
@@ -21,6 +27,17 @@ Verdict = Literal["verified", "falsified", "unknown", "misclassified"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _DropsUnsetComplete(_Model):
+    """A model whose optional `complete` field is left out of the dump when it is None."""
+
+    @model_serializer(mode="wrap")
+    def _drop_complete(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("complete", 0) is None:
+            del data["complete"]
+        return data
 
 
 class Counts(_Model):
@@ -37,7 +54,33 @@ class Timings(_Model):
     referee: float = Field(description="onnxruntime: clean predictions and counterexample checks")
 
 
-class EpsilonResult(_Model):
+StopReason = Literal["verified", "falsified", "timeout", "memory", "exhausted"]
+
+
+class CompleteResult(_Model):
+    """Branch and bound at one epsilon, on the samples the incomplete pass left unknown."""
+
+    mode: str = Field(description="input or relu splitting (auto's choice), or 'skipped'")
+    timeout_s: float = Field(description="the budget per sample")
+    attempted: int = Field(description="samples the incomplete pass left unknown")
+    verified: int = Field(description="of those, verified by branch and bound")
+    falsified: int = Field(description="of those, falsified (counterexample replayed by onnxruntime)")
+    undecided: int
+    stop_reasons: dict[str, int] = Field(description="verified, falsified, timeout, memory, exhausted: how many")
+    seconds: float
+    exact_accuracy: float | None = Field(description="the robust accuracy itself, when every sample is decided")
+    incomplete_certified_accuracy: float
+    incomplete_pgd_accuracy: float
+    skipped: str | None = Field(None, description="why branch and bound did not run (the verdicts stay incomplete)")
+
+
+class SampleComplete(_Model):
+    status: StopReason
+    seconds: float
+    domains: int
+
+
+class EpsilonResult(_DropsUnsetComplete):
     epsilon: float
     clean_accuracy: float
     certified_accuracy: float
@@ -46,14 +89,18 @@ class EpsilonResult(_Model):
     gap_certified: float = Field(description="clean - certified robust accuracy")
     counts: Counts
     seconds: Timings
+    complete: CompleteResult | None = None
 
 
-class SampleRow(_Model):
+class SampleRow(_DropsUnsetComplete):
     id: int
     label: int
     prediction: int
     verdicts: list[Verdict] = Field(description="one per epsilon, in the order of `results`")
     margin_lower_bounds: list[float | None] = Field(description="min_j lower bound of z_y - z_j, per epsilon")
+    complete: list[SampleComplete | None] | None = Field(
+        None, description="per epsilon, branch and bound on this sample (None where it did not run)"
+    )
 
 
 class ModelInfo(_Model):
@@ -133,9 +180,30 @@ def render_table(report: Report) -> str:
         ]
         for r in report.results
     ]
+    complete = [r.complete for r in report.results]
+    if any(c is not None for c in complete):
+        cols += ["exact", "BaB verified", "BaB falsified", "BaB s"]
+        for row, c in zip(rows, complete, strict=True):
+            if c is None:
+                row += ["-", "-", "-", "-"]
+            else:
+                exact = "-" if c.exact_accuracy is None else f"{c.exact_accuracy:.4f}"
+                row += [exact, str(c.verified), str(c.falsified), f"{c.seconds:.1f}"]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(cell.rjust(w) for cell, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [head, line(cols), line(["-" * w for w in widths])] + [line(row) for row in rows]
+    for r, c in zip(report.results, complete, strict=True):
+        if c is None:
+            continue
+        if c.skipped:
+            out.append(f"branch and bound at epsilon {r.epsilon:g}: not run ({c.skipped}); verdicts are incomplete")
+            continue
+        reasons = ", ".join(f"{k} {v}" for k, v in c.stop_reasons.items() if v) or "nothing to decide"
+        out.append(
+            f"branch and bound at epsilon {r.epsilon:g} ({c.mode} splitting, {c.timeout_s:g} s a sample): "
+            f"{c.attempted} unknown before; stop reasons: {reasons}; certified {c.incomplete_certified_accuracy:.4f} "
+            f"-> {r.certified_accuracy:.4f}, PGD robust {c.incomplete_pgd_accuracy:.4f} -> {r.pgd_accuracy:.4f}"
+        )
     out += [f"assumed: {note}" for note in report.assumed]
     rejected = sum(r.counts.rejected_counterexamples for r in report.results)
     if rejected:
