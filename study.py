@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from uverify import __version__
 from uverify.datasets import Domain, Splits, load
@@ -188,10 +189,19 @@ def _study(
     specs: list[Spec], out: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], started: float
 ) -> StudyResult:
     cells: list[CellResult] = []
-    for spec in specs:
-        folder = out / spec.name if len(specs) > 1 else out
-        with torch_threads(spec.study.threads):
-            cells += _dataset_cells(spec, folder, methods, progress, echo, f"{spec.name}: " if len(specs) > 1 else "")
+    # one bar over the whole grid (cells done / total, ETA) above the inner ones; none off a terminal
+    grid = tqdm(
+        total=len(specs) * len(methods) * len(TRAININGS), desc="study", unit="cell",
+        disable=None if progress else True, position=0,
+    )  # fmt: skip
+    try:
+        for spec in specs:
+            folder = out / spec.name if len(specs) > 1 else out
+            label = f"{spec.name}: " if len(specs) > 1 else ""
+            with torch_threads(spec.study.threads):
+                cells += _dataset_cells(spec, folder, methods, progress, echo, label, grid.update)
+    finally:
+        grid.close()
     headline = {spec.name: spec.headline_epsilon() for spec in specs}
     pattern = seed_pattern(cells, headline)
     tables = study_tables(cells)
@@ -248,7 +258,13 @@ def _study(
 
 
 def _dataset_cells(
-    spec: Spec, folder: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], label: str
+    spec: Spec,
+    folder: Path,
+    methods: tuple[str, ...],
+    progress: bool,
+    echo: Callable[[str], None],
+    label: str,
+    cell_done: Callable[[], object],
 ) -> list[CellResult]:
     splits = load(spec.data)
     train, test = splits.train, splits.test
@@ -261,6 +277,7 @@ def _dataset_cells(
         for training in TRAININGS:
             cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder)
             cells.append(_run_locked(cell, splits, samples, domain, progress, echo))
+            cell_done()
     return cells
 
 

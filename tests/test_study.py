@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,24 @@ def test_several_specs_need_distinct_names_and_their_own_data(tmp_path: Path, wr
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("terminal", "progress", "shown"), [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_one_bar_over_the_grid_on_a_terminal_only(
+    finished: StudyResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: bool, progress: bool, shown: bool
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    study(study_spec(), out, progress=progress, echo=lambda _: None)
+    text = stream.getvalue()
+    assert ("study: 100%" in text and "4/4" in text) is shown, text
+    assert shown or text == ""
