@@ -227,7 +227,7 @@ def exclusive_lock(lock_file: Path, holder: str, busy: Callable[[str], str]) -> 
         key.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
     except OSError as exc:
-        raise UverifyError(f"cannot lock {key}: {exc.strerror or exc}") from None
+        raise UverifyError(f"cannot write in {key.parent} (to lock it for this command): {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

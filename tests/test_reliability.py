@@ -125,7 +125,7 @@ def test_train_never_deletes_what_its_target_holds(write_spec, tmp_path: Path, m
 
     monkeypatch.chdir(tmp_path)
     _one_line_error(_invoke("train", "--spec", spec, "--out", ".", "--quiet"), "is the current directory")
-    _one_line_error(_invoke("train", "--spec", spec, "--out", "/proc/newrun", "--quiet"), "/proc")
+    _one_line_error(_invoke("train", "--spec", spec, "--out", "/proc/newrun", "--quiet"), "cannot write in /proc")
     assert _invoke("train", "--spec", spec, "--out", "relative/run", "--quiet").exit_code == 0
     assert open_run(tmp_path / "relative/run").info.method == "sisa"
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(STAGING_SUFFIX)]
