@@ -274,6 +274,17 @@ def demo(out: Path, quiet: bool) -> None:
     "--complete", is_flag=True, help="Branch and bound on every sample left unknown (the spec's verify.complete)."
 )
 @click.option("--timeout", type=float, metavar="S", help="Seconds of branch and bound per sample and epsilon.")
+@click.option(
+    "--external-solver",
+    metavar="CMD",
+    help="Hand every sample left unknown to this VNN-LIB 2.0 solver command (the spec's verify.external).",
+)
+@click.option(
+    "--export-vnnlib",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Also write every (sample, epsilon) property as VNN-LIB, with instances.csv and the model, to DIR.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(
     spec_ref: str | None,
@@ -288,6 +299,8 @@ def check(
     cross_check: bool,
     complete: bool,
     timeout: float | None,
+    external_solver: str | None,
+    export_vnnlib: Path | None,
     quiet: bool,
 ) -> None:
     """Check the L_p-ball property of an ONNX model: certified (bounds) and empirical (PGD).
@@ -296,10 +309,15 @@ def check(
     defaults, the input domain is the one the model records (if any), and the report says so.
     Exit code 0 when the check ran, whatever the robustness (`uverify gate` decides pass/fail).
 
+    --external-solver runs `CMD verify QUERY.vnnlib --network N=MODEL.onnx --timeout S` on each sample
+    left unknown: its unsat counts as verified, its sat once onnxruntime replays the assignment.
+    --export-vnnlib writes DIR/instances.csv for `uverify vnncomp --instances` or another verifier.
+
     \b
     Examples:
       uverify check --spec mixture --model runs/mixture/model.onnx --epsilon 0.01 --epsilon 0.02 --out report.json
       uverify check --model my_classifier.onnx --samples my_samples.npz --epsilon 0.05
+      uverify check --spec mixture --model m.onnx --external-solver "uverify-solver" --export-vnnlib bench/
     """
     from uverify.specs.load import check_spec_from_flags, load_spec
     from uverify.verifier.check import check_and_save
@@ -315,6 +333,9 @@ def check(
     if epsilon:
         overrides["property.epsilon"] = list(epsilon)
     flags = {"verify.method": "--bounds", "property.norm": "--norm", "property.epsilon": "--epsilon"}
+    if external_solver is not None:  # blamed only when given: a spec's own verify.external errors are the file's
+        overrides["verify.external.command"] = external_solver
+        flags["verify.external.command"] = "--external-solver"
     if spec_ref is None:
         if npz is None:
             raise UverifyError("without --spec, give the samples to check as --samples FILE.npz (arrays x, y)")
@@ -329,12 +350,37 @@ def check(
         if count is not None:
             overrides["data.samples"] = count
         spec = load_spec(spec_ref, overrides, {**flags, "data.path": "--data", "data.samples": "--samples"})
+    external, export = _vnnlib_options(spec, model_path, export_vnnlib)
     report = check_and_save(
-        model_path, spec, npz, out, progress=not quiet, cross_check=cross_check, complete=complete, timeout=timeout
-    )
+        model_path, spec, npz, out, progress=not quiet, cross_check=cross_check, complete=complete, timeout=timeout,
+        external=external, export=export,
+    )  # fmt: skip
     click.echo(render_table(report))
     if out:
         click.echo(f"report: {out}  counterexamples: {out.with_suffix('.counterexamples.npz')}")
+    if export_vnnlib:
+        click.echo(f"VNN-LIB: {export_vnnlib / 'instances.csv'} (uverify vnncomp --instances ...)")
+
+
+def _vnnlib_options(spec: Any, model_path: Path, export_dir: Path | None) -> tuple[Any, Any]:
+    """The external-solver driver of the spec's verify.external, and the --export-vnnlib writer."""
+    external = None
+    if spec.verify.external is not None:
+        from uverify.vnn.external import solver_for
+
+        external = solver_for(spec.verify.external, model_path)
+    if export_dir is None:
+        return external, None
+    from uverify.vnn.writer import check_benchmark_folder, write_benchmark
+
+    check_benchmark_folder(export_dir)
+    settings = spec.verify.external or spec.verify.complete
+    timeout = settings.timeout_s if settings is not None else 60.0
+
+    def export(properties: Any) -> None:
+        write_benchmark(export_dir, model_path, properties, timeout)
+
+    return external, export
 
 
 @cli.command()

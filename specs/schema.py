@@ -244,17 +244,29 @@ class CompleteSpec(_Strict):
     memory_mb: PosFloat = Field(1024.0, description="cap on the stored sub-domains per sample")
 
 
+class ExternalSpec(_Strict):
+    """An external verifier for the samples uverify's own stages leave unknown: any solver that speaks
+    the VNN-LIB 2.0 solver command line (chapter 5), run as `COMMAND verify QUERY.vnnlib --network
+    N=MODEL.onnx --timeout S` (vnn/external.py)."""
+
+    command: str = Field(min_length=1, description="the solver's command line, split like a shell does")
+    timeout_s: PosFloat = Field(60.0, description="budget per sample and epsilon, seconds")
+
+
 class VerifySpec(_Strict):
     method: BoundMethod = BoundMethod.CROWN
     batch_size: PosInt = 64
     complete: CompleteSpec | None = Field(None, description="complete verification; off when absent")
+    external: ExternalSpec | None = Field(None, description="an external VNN-LIB solver; off when absent")
 
     @model_serializer(mode="wrap")
     def _drop_unset_complete(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Absent stays absent: a spec without `complete` dumps, and so hashes, as it did before the key."""
+        """Absent stays absent: a spec without `complete` or `external` dumps, and so hashes, as it did
+        before the keys."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("complete", 0) is None:
-            del data["complete"]
+        for key in ("complete", "external"):
+            if isinstance(data, dict) and data.get(key, 0) is None:
+                del data[key]
         return data
 
 

@@ -17,6 +17,14 @@ runs on every sample still unknown, each within `timeout_s`: it turns unknown in
 falsified (its counterexamples replayed by onnxruntime like PGD's), or leaves it unknown with the reason
 it stopped. A majority vote, or a mode that does not fit the norm, is not branch-and-bounded: the
 verdicts stay the incomplete ones and the report says why.
+
+With an external solver (`verify.external`, `uverify check --external-solver`; vnn/external.py builds
+it, the caller passes it in as `external`), every sample still unknown becomes one VNN-LIB property —
+the box the bounds used and one disjunct per other class — for a solver that speaks the VNN-LIB 2.0
+command line. Its `unsat` is recorded as verified, with the solver named in the report; its `sat`
+counts only once onnxruntime replays the assignment exactly as it replays PGD's points (in the open
+ball, in the domain, misclassified); an assignment that fails is an `error`, and the sample stays
+unknown. `export` (`--export-vnnlib`) receives every (sample, epsilon) property with its verdict.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -49,12 +58,15 @@ from uverify.verifier.bab.stage import CompleteStage
 from uverify.verifier.bounds import Bounder, verified
 from uverify.verifier.counterexamples import Judge, confirm_counterexamples
 from uverify.verifier.onnx_import import load_onnx, onnx_to_torch, validate_against_onnxruntime
+from uverify.verifier.property import Property, robustness
 from uverify.verifier.report import (
     CompleteResult,
     Counts,
     EpsilonResult,
+    ExternalResult,
     Report,
     SampleComplete,
+    SampleExternal,
     SampleRow,
     Timings,
     save_report,
@@ -67,8 +79,56 @@ DOMAIN_SLACK = 1e-6  # samples this close outside the domain (float round-off) a
 COUNTEREXAMPLE_KEYS = ("ids", "epsilon", "x", "x_adv", "y", "logits")
 
 
+MAX_EXTERNAL_ERRORS = 5  # distinct error messages of the external solver kept in the report
+# An external solver's assignment may sit this far (relative to max(1, |bound|)) outside the box it was
+# given, the rounding of a printed decimal; onnxruntime then judges the point pulled into the ball.
+ASSIGNMENT_TOLERANCE = 1e-6
+
+
 class SoundnessError(RuntimeError):
     """A sample was certified and also has a confirmed counterexample: a bug, never a result."""
+
+
+@dataclass(frozen=True)
+class ExternalAnswer:
+    """What an external solver said about one property: `x` (flat) is its assignment after `sat`."""
+
+    status: Literal["sat", "unsat", "unknown", "timeout", "error"]
+    seconds: float
+    x: np.ndarray | None = None
+    message: str | None = None
+
+
+class ExternalStage(Protocol):
+    """A solver for the samples the built-in stages leave unknown (vnn/external.py's VNN-LIB driver)."""
+
+    @property
+    def name(self) -> str: ...  # the solver's own name, for the report
+
+    @property
+    def command(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    def solve(
+        self, prop: Property, input_shape: tuple[int, ...], output_shape: tuple[int, ...], tag: str
+    ) -> ExternalAnswer: ...
+
+
+@dataclass(frozen=True)
+class BallProperty:
+    """One (sample, epsilon) property of the check as a `Property` (the box the bounds use, one disjunct
+    per other class), with the check's verdict on it: what `--export-vnnlib` writes."""
+
+    sample_id: int
+    epsilon: float
+    label: int
+    prop: Property
+    verdict: str
+
+
+Exporter = Callable[[Sequence[BallProperty]], None]
 
 
 def check(
@@ -81,18 +141,27 @@ def check(
     counterexamples: str | Path | None = None,
     cross_check: bool = False,
     assumed: list[str] | None = None,
+    external: ExternalStage | None = None,
+    export: Exporter | None = None,
 ) -> Report:
     """Run the certified and the empirical check of the spec's property; see the module docstring."""
     started = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UverifyError(f"model {model_path}: no such file")
+    if spec.verify.external is not None and external is None:
+        raise UverifyError("verify.external is set, but this command does not run external solvers; use uverify check")
     target = _load_target(model_path)
+    for what, wanted in (("an external solver", external), ("--export-vnnlib", export)):
+        if wanted is not None:
+            _check_vnnlib_fits(target, spec, what)
     inputs = _prepare_inputs(target, samples, domain, spec)
-    checker = _Checker(target, spec, inputs, cross_check)
+    checker = _Checker(target, spec, inputs, cross_check, external)
     outcomes = checker.run(progress)
     if counterexamples is not None:
         _save_counterexamples(counterexamples, outcomes, inputs.x.shape[1:])
+    if export is not None:
+        export(checker.ball_properties(outcomes))
     seconds = time.perf_counter() - started
     return _report(model_path, spec, samples, target, inputs, outcomes, seconds, assumed or [])
 
@@ -107,10 +176,13 @@ def check_and_save(
     cross_check: bool = False,
     complete: bool = False,
     timeout: float | None = None,
+    external: ExternalStage | None = None,
+    export: Exporter | None = None,
 ) -> Report:
     """`uverify check`: the spec's samples (or the user's .npz), checked, and the report written to `out`
     with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`). `complete` turns on
-    branch and bound (the spec's `verify.complete`, or its defaults), `timeout` sets its budget."""
+    branch and bound (the spec's `verify.complete`, or its defaults), `timeout` sets its budget;
+    `external` and `export` are passed to `check`."""
     spec = with_complete(spec, complete, timeout)
     if out is not None:
         ensure_writable_dir(out.parent)
@@ -119,6 +191,7 @@ def check_and_save(
     report = check(
         model_path, spec, chosen.samples, chosen.domain,
         progress=progress, counterexamples=counterexamples, cross_check=cross_check, assumed=chosen.assumed,
+        external=external, export=export,
     )  # fmt: skip
     if out is not None:
         save_report(report, out)
@@ -191,13 +264,22 @@ class _EpsilonOutcome:
     margins: np.ndarray  # per sample: the certified lower bound whose sign decides (NaN where not bounded)
     found: dict[str, list[np.ndarray]] = field(default_factory=dict)  # confirmed counterexamples
     complete: list[SampleComplete | None] | None = None  # per sample, branch and bound's run
+    external: list[SampleExternal | None] | None = None  # per sample, the external solver's answer
 
 
 class _Checker:
     """Bounds first, then PGD on what they left, then onnxruntime on what PGD found, a batch at a time."""
 
-    def __init__(self, target: _Target, spec: Spec | CheckSpec, inputs: _Inputs, cross_check: bool) -> None:
+    def __init__(
+        self,
+        target: _Target,
+        spec: Spec | CheckSpec,
+        inputs: _Inputs,
+        cross_check: bool,
+        external: ExternalStage | None = None,
+    ) -> None:
         self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
+        self.external = external
         self.bounders = [
             Bounder(module, target.input_shape, spec.verify.method, num_classes=inputs.num_classes)
             for module in target.members
@@ -242,10 +324,105 @@ class _Checker:
             bar.update(1)
         clean_seconds = self.inputs.clean_seconds if k == 0 else 0.0
         result = _summarise(eps, verdicts, timing, rejected, clean_seconds)
-        if self.complete_spec is None:
-            return _EpsilonOutcome(result, verdicts, margins, found)
-        rows, summary = self._complete(eps, verdicts, found, result)
-        return _EpsilonOutcome(_with_complete(result, verdicts, summary), verdicts, margins, found, rows)
+        complete_rows = external_rows = None
+        if self.complete_spec is not None:
+            complete_rows, summary = self._complete(eps, verdicts, found, result)
+            result = _with_complete(result, verdicts, summary)
+        if self.external is not None:
+            external_rows, external = self._external(eps, verdicts, found, result)
+            result = _with_counts(result, verdicts, {"external": external})
+        return _EpsilonOutcome(result, verdicts, margins, found, complete_rows, external_rows)
+
+    def ball_property(self, i: int, eps: float) -> Property:
+        """Sample `i`'s property at `eps`: the box the bounder bounds (x ∓ eps in float32, cut to the
+        domain, exactly as `Bounder.margins` computes it) and one disjunct per other class."""
+        x = torch.from_numpy(self.inputs.x[i : i + 1])
+        lower = torch.maximum(x - eps, self.lower_t).numpy().astype(np.float64).ravel()
+        upper = torch.minimum(x + eps, self.upper_t).numpy().astype(np.float64).ravel()
+        return robustness(lower, upper, int(self.inputs.y[i]), self.inputs.num_classes)
+
+    def ball_properties(self, outcomes: list[_EpsilonOutcome]) -> list[BallProperty]:
+        """Every (sample, epsilon) property with its verdict, misclassified samples included (their
+        property is violated at the centre), samples in order within each epsilon."""
+        inputs = self.inputs
+        return [
+            BallProperty(int(inputs.ids[i]), eps, int(inputs.y[i]), self.ball_property(i, eps), str(o.verdicts[i]))
+            for eps, o in zip(self.spec.property.epsilon, outcomes, strict=True)
+            for i in range(len(inputs.x))
+        ]
+
+    def _external(
+        self, eps: float, verdicts: np.ndarray, found: dict[str, list[np.ndarray]], before: EpsilonResult
+    ) -> tuple[list[SampleExternal | None], ExternalResult]:
+        """The external solver on every unknown sample; updates `verdicts` and `found` in place."""
+        assert self.external is not None
+        solver, inputs = self.external, self.inputs
+        unknown = np.flatnonzero(verdicts == "unknown")
+        rows: list[SampleExternal | None] = [None] * len(verdicts)
+        answers = dict.fromkeys(("sat", "unsat", "unknown", "timeout", "error"), 0)
+        errors: list[str] = []
+        seconds = 0.0
+        output_shape = (inputs.num_classes,)
+        for i in tqdm(
+            unknown, desc=f"{solver.name} at {eps:g}", unit="sample", disable=None if self.progress else True
+        ):
+            prop = self.ball_property(int(i), eps)
+            answer = solver.solve(prop, self.target.input_shape, output_shape, f"id{int(inputs.ids[i])}_eps{eps!r}")
+            status, message = answer.status, answer.message
+            if status == "sat":
+                message = self._replay_external(int(i), eps, prop, answer, found)
+                if message is None:
+                    verdicts[i] = "falsified"
+                else:
+                    status = "error"
+            elif status == "unsat":
+                verdicts[i] = "verified"
+            answers[status] += 1
+            seconds += answer.seconds
+            if status == "error" and message and message not in errors and len(errors) < MAX_EXTERNAL_ERRORS:
+                errors.append(message)
+            rows[i] = SampleExternal(status=status, seconds=answer.seconds, message=message)
+        summary = ExternalResult(
+            solver=solver.name, command=solver.command, timeout_s=solver.timeout_s, attempted=len(unknown),
+            verified=answers["unsat"], falsified=answers["sat"],
+            undecided=len(unknown) - answers["unsat"] - answers["sat"], answers=answers, errors=errors,
+            seconds=seconds, before_certified_accuracy=before.certified_accuracy,
+            before_pgd_accuracy=before.pgd_accuracy,
+        )  # fmt: skip
+        return rows, summary
+
+    def _replay_external(
+        self, i: int, eps: float, prop: Property, answer: ExternalAnswer, found: dict[str, list[np.ndarray]]
+    ) -> str | None:
+        """onnxruntime on a solver's `sat` assignment: None when it is a counterexample (recorded in
+        `found`), else why not — an error, never a verdict."""
+        inputs, box = self.inputs, prop.boxes[0]
+        x = None if answer.x is None else np.asarray(answer.x, dtype=np.float64).ravel()
+        if x is None or x.shape != box.lower.shape or not np.all(np.isfinite(x)):
+            return f"sat without a usable assignment of the {box.lower.size} inputs"
+        slack = ASSIGNMENT_TOLERANCE * np.maximum(1.0, np.maximum(np.abs(box.lower), np.abs(box.upper)))
+        outside = np.flatnonzero((x < box.lower - slack) | (x > box.upper + slack))
+        if len(outside):
+            j = int(outside[0])
+            return f"sat assignment outside the box: X_{j} = {x[j]!r} not in [{box.lower[j]!r}, {box.upper[j]!r}]"
+        centre = inputs.x[i : i + 1]
+        point = x.astype(np.float32).reshape(centre.shape)
+        y = inputs.y[i : i + 1]
+        conf = confirm_counterexamples(
+            self.target.referee, centre, point, y, eps, self.spec.property.norm, inputs.lower, inputs.upper
+        )
+        if not bool(conf.confirmed[0]):
+            predicted = int(conf.logits[0].argmax()) if conf.logits.size else -1
+            return (
+                f"sat assignment failed the onnxruntime replay: onnxruntime predicts {predicted} there, the label "
+                f"is {int(y[0])}"
+            )
+        for key, value in (
+            ("ids", inputs.ids[i : i + 1]), ("epsilon", np.array([eps])), ("x", centre),
+            ("x_adv", conf.x_adv), ("y", y), ("logits", conf.logits),
+        ):  # fmt: skip
+            found[key].append(value)
+        return None
 
     def _complete(
         self, eps: float, verdicts: np.ndarray, found: dict[str, list[np.ndarray]], before: EpsilonResult
@@ -418,6 +595,9 @@ def _report(
             complete=None
             if outcomes[0].complete is None
             else [o.complete[i] if o.complete else None for o in outcomes],
+            external=None
+            if outcomes[0].external is None
+            else [o.external[i] if o.external else None for o in outcomes],
         )
         for i in range(len(inputs.x))
     ]
@@ -479,6 +659,14 @@ def _load_target(model_path: Path) -> _Target:
     )  # fmt: skip
 
 
+def _check_vnnlib_fits(target: _Target, spec: Spec | CheckSpec, what: str) -> None:
+    """A VNN-LIB property is a box over one network's inputs: the L_inf ball of one ONNX file."""
+    if target.vote:
+        raise UverifyError(f"{what} needs one ONNX model; {target.path.name} is a majority vote of several")
+    if spec.property.norm != "inf":
+        raise UverifyError(f"{what} needs an L_inf ball (a VNN-LIB box); the property's norm is L{spec.property.norm}")
+
+
 def _attack_seed(seed: int, eps: float) -> int:
     """A PGD seed from the spec's seed and the epsilon's value, not its place in the sweep: the same
     epsilon gives the same attack in any sweep."""
@@ -503,6 +691,25 @@ def _summarise(
         gap_certified=clean - certified,
         counts=Counts(**count, rejected_counterexamples=rejected),
         seconds=Timings(bounds=timing["bounds"], attack=timing["attack"], referee=timing["referee"] + clean_seconds),
+    )
+
+
+def _with_counts(before: EpsilonResult, verdicts: np.ndarray, update: dict[str, Any]) -> EpsilonResult:
+    """The epsilon's result recounted from `verdicts`, with `update`'s fields set too."""
+    n = len(verdicts)
+    count = {v: int((verdicts == v).sum()) for v in ("verified", "falsified", "unknown")}
+    certified = count["verified"] / n
+    pgd = (count["verified"] + count["unknown"]) / n
+    clean = before.clean_accuracy
+    return before.model_copy(
+        update={
+            "certified_accuracy": certified,
+            "pgd_accuracy": pgd,
+            "gap_pgd": clean - pgd,
+            "gap_certified": clean - certified,
+            "counts": before.counts.model_copy(update=count),
+            **update,
+        }
     )
 
 

@@ -9,6 +9,11 @@ left unknown: verdicts and accuracies then count its answers too (certified ≤ 
 every sample is decided), and each epsilon gains a `complete` block (the incomplete figures, what BaB
 decided, its stop reasons and time) and each sample row a `complete` entry per epsilon. Without it
 neither key is written, so such reports are byte for byte what they were.
+
+With an external solver (`verify.external`, vnn/external.py), the samples still unknown go to it: each
+epsilon gains an `external` block (the solver's name, its answers, what they decided) and each sample
+row an `external` entry per epsilon; its `unsat` counts as verified, its `sat` as falsified only once
+onnxruntime replays the assignment. Absent without a solver, like `complete`.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ class _Model(BaseModel):
 
 
 class _DropsUnsetComplete(_Model):
-    """A model whose optional `complete` field is left out of the dump when it is None."""
+    """A model whose optional `complete` and `external` fields are left out of the dump when None."""
 
     @model_serializer(mode="wrap")
     def _drop_complete(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("complete", 0) is None:
-            del data["complete"]
+        for key in ("complete", "external"):
+            if isinstance(data, dict) and data.get(key, 0) is None:
+                del data[key]
         return data
 
 
@@ -80,6 +86,32 @@ class SampleComplete(_Model):
     domains: int
 
 
+ExternalStatus = Literal["sat", "unsat", "unknown", "timeout", "error"]
+
+
+class ExternalResult(_Model):
+    """The external solver at one epsilon, on the samples uverify's own stages left unknown."""
+
+    solver: str = Field(description="the solver's answer to --name")
+    command: str
+    timeout_s: float = Field(description="the budget per sample")
+    attempted: int = Field(description="samples left unknown before the solver ran")
+    verified: int = Field(description="of those, unsat by the solver: recorded as verified")
+    falsified: int = Field(description="of those, sat with an assignment onnxruntime replayed")
+    undecided: int
+    answers: dict[str, int] = Field(description="sat, unsat, unknown, timeout, error: how many")
+    errors: list[str] = Field(description="the first distinct reasons for `error` (a failed replay is one)")
+    seconds: float
+    before_certified_accuracy: float
+    before_pgd_accuracy: float
+
+
+class SampleExternal(_Model):
+    status: ExternalStatus
+    seconds: float
+    message: str | None = None
+
+
 class EpsilonResult(_DropsUnsetComplete):
     epsilon: float
     clean_accuracy: float
@@ -90,6 +122,7 @@ class EpsilonResult(_DropsUnsetComplete):
     counts: Counts
     seconds: Timings
     complete: CompleteResult | None = None
+    external: ExternalResult | None = None
 
 
 class SampleRow(_DropsUnsetComplete):
@@ -100,6 +133,9 @@ class SampleRow(_DropsUnsetComplete):
     margin_lower_bounds: list[float | None] = Field(description="min_j lower bound of z_y - z_j, per epsilon")
     complete: list[SampleComplete | None] | None = Field(
         None, description="per epsilon, branch and bound on this sample (None where it did not run)"
+    )
+    external: list[SampleExternal | None] | None = Field(
+        None, description="per epsilon, the external solver on this sample (None where it did not run)"
     )
 
 
@@ -204,6 +240,17 @@ def render_table(report: Report) -> str:
             f"{c.attempted} unknown before; stop reasons: {reasons}; certified {c.incomplete_certified_accuracy:.4f} "
             f"-> {r.certified_accuracy:.4f}, PGD robust {c.incomplete_pgd_accuracy:.4f} -> {r.pgd_accuracy:.4f}"
         )
+    for r in report.results:
+        e = r.external
+        if e is None:
+            continue
+        answers = ", ".join(f"{k} {v}" for k, v in e.answers.items() if v) or "nothing to decide"
+        out.append(
+            f"external solver {e.solver} at epsilon {r.epsilon:g} ({e.timeout_s:g} s a sample): {e.attempted} unknown "
+            f"before; answers: {answers}; verified {e.verified}, falsified {e.falsified} (replayed by onnxruntime); "
+            f"certified {e.before_certified_accuracy:.4f} -> {r.certified_accuracy:.4f}"
+        )
+        out += [f"external solver error: {message}" for message in e.errors]
     out += [f"assumed: {note}" for note in report.assumed]
     rejected = sum(r.counts.rejected_counterexamples for r in report.results)
     if rejected:
