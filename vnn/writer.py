@@ -225,7 +225,7 @@ def write_benchmark(folder: PathLike, model: PathLike, properties: Sequence[Expo
             name = f"vnnlib/{property_file_name(item)}"
             comment = (
                 f"uverify check: sample {item.sample_id}, label {item.label}, epsilon {item.epsilon!r}, "
-                f"L_inf ball ∩ domain; the unsafe set: some other class scores at least the label's. "
+                f"L_inf ball within the input domain; unsafe: another class scores at least the label. "
                 f"uverify's verdict: {item.verdict}"
             )
             (staging / name).write_text(format_vnnlib(item.prop, comments=[comment]), encoding="utf-8")
