@@ -62,7 +62,10 @@ def load_spec(ref: str | Path, overrides: dict[str, Any] | None = None, flags: d
     raw = _read_yaml(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    return validate_spec(raw, source=str(path), flags=flags)
+    given = {
+        key: flag for key, flag in (flags or {}).items() if key in (overrides or {})
+    }  # the file's own errors stay the file's
+    return validate_spec(raw, source=str(path), flags=given)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

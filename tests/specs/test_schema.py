@@ -136,3 +136,16 @@ def test_overrides_are_validated_like_the_file(write_spec) -> None:
     assert load_spec(path, {"train.epochs": 7}).train.epochs == 7
     with pytest.raises(SpecError, match=r"train\.epochs"):
         load_spec(path, {"train.epochs": 0})
+
+
+def test_an_error_blames_the_flag_only_when_the_flag_was_given(write_spec) -> None:
+    flags = {"property.epsilon": "--epsilon", "verify.method": "--bounds"}
+    bad_file = write_spec(tiny_spec_dict(property={"norm": "inf", "epsilon": [0.0]}), "bad.yaml")
+    with pytest.raises(SpecError) as from_file:
+        load_spec(bad_file, {}, flags)
+    assert str(from_file.value).startswith(f"spec {bad_file}: property.epsilon") and "--epsilon" not in str(
+        from_file.value
+    )
+    with pytest.raises(SpecError) as from_flag:
+        load_spec(write_spec(tiny_spec_dict()), {"property.epsilon": [0.0]}, flags)
+    assert str(from_flag.value).startswith("--epsilon: ")
