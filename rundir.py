@@ -19,6 +19,9 @@ request into sample ids.
                                   deletion (vote manifests with their members)
     report_before.json,           the study's check reports of M and M'        the study, at `report_file`
     report_after.json
+    certificates/*.npz            per-shard certificates (bounds of one shard  verifier/incremental.py, through
+                                  over one sample set, norm, epsilon and       `write_certificate`; read back by
+                                  method), reused after a deletion             `read_certificate` (below)
 
 A run is written into a staging folder beside it that replaces it whole (`creating`), and a deletion
 changes a hard-linked copy that replaces it whole (`updating`, `files.staged_update`): a run killed
@@ -27,6 +30,7 @@ half-way leaves the previous one valid, and a rerun completes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -44,8 +48,10 @@ from uverify.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npy,
+    atomic_write_npz,
     exclusive_lock,
     read_int_vector,
+    read_npz,
     remove_stale_staging,
     staged_dir,
     staged_update,
@@ -132,6 +138,14 @@ class RunDir:
 
     def report_file(self, when: When) -> Path:
         return self.path / f"report_{when}.json"
+
+    @property
+    def certificates_dir(self) -> Path:
+        return self.path / "certificates"
+
+    def certificate_file(self, shard_sha256: str, meta: dict[str, Any]) -> Path:
+        """The cache entry `meta` names; the shard's hash leads the name, so that pruning reads no file."""
+        return self.certificates_dir / f"{shard_sha256[:16]}_{_certificate_key(meta)}.npz"
 
 
 @dataclass(frozen=True)
@@ -342,6 +356,100 @@ def keep_m(run: Run) -> Path:
     return run.kept_m_path
 
 
+# ---------------------------------------------------------------------------------- certificate cache
+# One .npz per (shard, sample set, norm, epsilon, method): the arrays verifier/incremental.py needs to
+# compose the ensemble's bound, the entry's full key (`__meta__`, JSON) and a sha256 over key and arrays
+# (`__digest__`). An entry is used only when its key is the one asked for and its digest still matches;
+# anything else is reported in one line on stderr and ignored. The digest catches damaged bytes and an
+# entry copied from another shard or run; it is no signature (whoever can write the run can recompute
+# it), so verifier/incremental.py also checks every entry against the shard's own outputs.
+CERTIFICATE_SCHEMA = "uverify.certificate/1"
+_META, _DIGEST = "__meta__", "__digest__"
+
+
+def _canonical(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _certificate_key(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(meta)).hexdigest()[:32]
+
+
+def _certificate_digest(meta_json: bytes, arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(CERTIFICATE_SCHEMA.encode() + b"\0" + meta_json)
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def write_certificate(folder: RunDir, shard_sha256: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Store one shard's certificate under its key, atomically (a killed writer leaves no half entry)."""
+    meta_json = _canonical(meta)
+    payload = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    if _META in payload or _DIGEST in payload:
+        raise ValueError(f"certificate arrays must not be named {_META} or {_DIGEST}")
+    digest = _certificate_digest(meta_json, payload)
+    stored = payload | {_META: np.array(meta_json.decode()), _DIGEST: np.array(digest)}
+    return atomic_write_npz(folder.certificate_file(shard_sha256, meta), stored)
+
+
+def read_certificate(
+    folder: RunDir, shard_sha256: str, meta: dict[str, Any], expected: dict[str, tuple[tuple[int, ...], str]]
+) -> dict[str, np.ndarray] | None:
+    """The entry `meta` names, or None: missing (silently), or not to be trusted (with one line on stderr):
+    unreadable, another key (another shard, sample set, epsilon, ...), bytes changed since it was written,
+    or arrays other than `expected` (name: (shape, dtype))."""
+    file = folder.certificate_file(shard_sha256, meta)
+    if not file.is_file():
+        return None
+    try:
+        data = read_npz(file, f"certificate {file.name}", (_META, _DIGEST))
+    except UverifyError as error:
+        certificate_ignored(file, str(error))
+        return None
+    why = _certificate_problem(data, _canonical(meta), expected)
+    if why is not None:
+        certificate_ignored(file, why)
+        return None
+    return data
+
+
+def _certificate_problem(
+    data: dict[str, np.ndarray], meta_json: bytes, expected: dict[str, tuple[tuple[int, ...], str]]
+) -> str | None:
+    """Why a read entry is not the one asked for, or None; removes the key and digest from `data`."""
+    stored_meta, digest = data.pop(_META), data.pop(_DIGEST)
+    if stored_meta.shape != () or stored_meta.dtype.kind != "U" or digest.shape != () or digest.dtype.kind != "U":
+        return "its key or digest is not a string"
+    if str(stored_meta).encode() != meta_json:
+        return "it is the entry of another shard, sample set or setting"
+    if str(digest) != _certificate_digest(meta_json, data):
+        return "its bytes changed since it was written"
+    wrong = sorted(set(data) ^ set(expected)) or [
+        name for name, (shape, dtype) in expected.items() if data[name].shape != shape or data[name].dtype != dtype
+    ]
+    return f"array {wrong[0]!r} is missing, extra or of the wrong shape or type" if wrong else None
+
+
+def certificate_ignored(file: Path, why: str) -> None:
+    """The one line on stderr for a cache entry that is not trusted (it is then recomputed)."""
+    print(f"warning: certificate cache {file.parent.name}/{file.name} ignored: {why}", file=sys.stderr)
+
+
+def prune_certificates(folder: RunDir, keep_shards: set[str]) -> int:
+    """Remove the entries of shards no longer in the model (a deletion retrained them); returns how many."""
+    keep = {sha[:16] for sha in keep_shards}
+    removed = 0
+    if folder.certificates_dir.is_dir():
+        for file in folder.certificates_dir.glob("*.npz"):
+            if file.name.split("_", 1)[0] not in keep:
+                file.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 # ---------------------------------------------------------------------------------- deletion requests
 _ID = re.compile(r"^[+-]?\d+$")
 
@@ -469,10 +577,12 @@ def describe_ids(ids: np.ndarray, limit: int = 8) -> str:
 
 
 __all__ = [
+    "CERTIFICATE_SCHEMA",
     "DeleteRequest",
     "Run",
     "RunDir",
     "RunInfo",
+    "certificate_ignored",
     "check_train_target",
     "creating",
     "describe_ids",
@@ -482,9 +592,12 @@ __all__ = [
     "lock_file",
     "locked",
     "open_run",
+    "prune_certificates",
+    "read_certificate",
     "read_deleted_ids",
     "read_id_file",
     "updating",
+    "write_certificate",
     "write_deletion",
     "write_trained",
 ]

@@ -129,6 +129,10 @@ class BallProperty:
 
 
 Exporter = Callable[[Sequence[BallProperty]], None]
+# Margin lower bounds computed outside the check (verifier/incremental.py composes them from per-shard
+# certificates): given every sample (x, y) and the domain (lower, upper) as the check holds them, the
+# indices of one batch and the epsilon, the bound whose sign decides, as `_Checker._bound` computes it.
+MarginSource = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 
 
 def check(
@@ -143,8 +147,10 @@ def check(
     assumed: list[str] | None = None,
     external: ExternalStage | None = None,
     export: Exporter | None = None,
+    margins: MarginSource | None = None,
 ) -> Report:
-    """Run the certified and the empirical check of the spec's property; see the module docstring."""
+    """Run the certified and the empirical check of the spec's property; see the module docstring.
+    `margins` replaces the bound computation (everything after it is the same check)."""
     started = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -156,7 +162,7 @@ def check(
         if wanted is not None:
             _check_vnnlib_fits(target, spec, what)
     inputs = _prepare_inputs(target, samples, domain, spec)
-    checker = _Checker(target, spec, inputs, cross_check, external)
+    checker = _Checker(target, spec, inputs, cross_check, external, margins)
     outcomes = checker.run(progress)
     if counterexamples is not None:
         _save_counterexamples(counterexamples, outcomes, inputs.x.shape[1:])
@@ -277,13 +283,12 @@ class _Checker:
         inputs: _Inputs,
         cross_check: bool,
         external: ExternalStage | None = None,
+        margins: MarginSource | None = None,
     ) -> None:
         self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
-        self.external = external
-        self.bounders = [
-            Bounder(module, target.input_shape, spec.verify.method, num_classes=inputs.num_classes)
-            for module in target.members
-        ]
+        self.external, self.margins = external, margins
+        # traced now (an unsupported model fails before any batch), unless `margins` gives the bounds
+        self._bounders: list[Bounder] | None = None if margins is not None else self._new_bounders()
         self.attack: PGD = pgd_for(
             spec.property.norm,
             steps=spec.attack.steps,
@@ -489,7 +494,7 @@ class _Checker:
         x, y = self.inputs.x[idx], self.inputs.y[idx]
         xb, yb = torch.from_numpy(x), torch.from_numpy(y)
         t0 = time.perf_counter()
-        min_lb = self._bound(xb, yb, eps)
+        min_lb = self._bound(xb, yb, eps, idx)
         timing["bounds"] += time.perf_counter() - t0
         is_verified = verified(torch.from_numpy(min_lb[:, None])).numpy()
         t0 = time.perf_counter()
@@ -509,8 +514,25 @@ class _Checker:
         verdicts = np.where(is_verified, "verified", np.where(confirmed, "falsified", "unknown"))
         return verdicts, min_lb, rejected
 
-    def _bound(self, xb: torch.Tensor, yb: torch.Tensor, eps: float) -> np.ndarray:
+    @property
+    def bounders(self) -> list[Bounder]:
+        """One per member; with `margins`, built only if branch and bound needs them."""
+        if self._bounders is None:
+            self._bounders = self._new_bounders()
+        return self._bounders
+
+    def _new_bounders(self) -> list[Bounder]:
+        target, method = self.target, self.spec.verify.method
+        return [
+            Bounder(module, target.input_shape, method, num_classes=self.inputs.num_classes)
+            for module in target.members
+        ]
+
+    def _bound(self, xb: torch.Tensor, yb: torch.Tensor, eps: float, idx: np.ndarray) -> np.ndarray:
         """The lower bound whose sign certifies the model: its own, or the vote's order statistic."""
+        if self.margins is not None:
+            inputs = self.inputs
+            return self.margins(inputs.x, inputs.y, inputs.lower, inputs.upper, idx, eps)
         norm = self.spec.property.norm
         member_margins = [
             b.margins(xb, yb, eps, norm, self.lower_t, self.upper_t).numpy().min(axis=1) for b in self.bounders
