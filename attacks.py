@@ -141,6 +141,7 @@ class PGD(ABC):
             best_margin = margin_loss(clean_logits, y)
             best_loss = self.loss(clean_logits, y) if self.loss is not margin_loss else best_margin.clone()
         ranked = self._nearest_classes(model, x, y) if self.restarts > 1 and self.loss is margin_loss else None
+        scored_by_margin = self.loss is margin_loss  # comparable across restarts, targeted or not
         for restart in range(self.restarts):
             active = torch.ones(len(x), dtype=torch.bool) if not self.early_stop else best_margin <= 0
             if not active.any():
@@ -157,7 +158,7 @@ class PGD(ABC):
             targets = ranked.shape[1] if ranked is not None else 0
             fresh = restart <= targets  # the untargeted pass and one pass per target start at x
             start = self.random_start(xa, eps, gen) if self.random_first_start or not fresh else 0.0
-            x_adv = torch.max(torch.min(xa + start, hi), lo)
+            x_adv = torch.clamp(xa + start, lo, hi)  # = max(min(., hi), lo): lo <= hi
             # this restart's best points, kept locally and written back once: indexing the whole batch's
             # tensors at every step costs more than the tiny models' forward passes
             b_x, b_margin, b_loss = best_x[idx], best_margin[idx], best_loss[idx]
@@ -174,15 +175,20 @@ class PGD(ABC):
                     loss = loss_fn(logits, ya)
                     margin = _margin_given(logits.detach(), ya, is_y)
                 with torch.no_grad():
-                    score = margin if self.loss is margin_loss else loss.detach()  # comparable across restarts
-                    if self.early_stop:  # a success beats a failure, whatever the loss says
-                        won, had = margin > 0, b_margin > 0
-                        better = (won & ~had) | ((won == had) & (score > b_loss))
+                    if scored_by_margin:
+                        # the score is the margin (b_loss is b_margin): a success beats a failure by its
+                        # sign alone, so one comparison is the rule below, op for op fewer per step
+                        better = margin > b_margin
                     else:
-                        better = score > b_loss
+                        score = loss.detach()
+                        if self.early_stop:  # a success beats a failure, whatever the loss says
+                            won, had = margin > 0, b_margin > 0
+                            better = (won & ~had) | ((won == had) & (score > b_loss))
+                        else:
+                            better = score > b_loss
+                        b_loss = torch.where(better, score, b_loss)
                     b_x = torch.where(better.view(row), x_adv.detach(), b_x)
                     b_margin = torch.where(better, margin, b_margin)
-                    b_loss = torch.where(better, score, b_loss)
                     done = b_margin > 0
                 if step == self.steps or (self.early_stop and bool(done.all())):
                     break
@@ -193,8 +199,8 @@ class PGD(ABC):
                         step_dir = step_dir * (~done).view(row)
                     moved = x_adv + alpha * step_dir
                     x_adv = xa + self.project(moved - xa, eps)
-                    x_adv = torch.max(torch.min(x_adv, hi), lo)
-            best_x[idx], best_margin[idx], best_loss[idx] = b_x, b_margin, b_loss
+                    x_adv = torch.clamp(x_adv, lo, hi)
+            best_x[idx], best_margin[idx], best_loss[idx] = b_x, b_margin, b_margin if scored_by_margin else b_loss
         return AttackResult(best_x.detach(), best_margin, best_margin > 0)
 
     def _nearest_classes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
