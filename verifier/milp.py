@@ -135,8 +135,13 @@ def solve(
     pre_upper: Sequence[np.ndarray],
     splits: Sequence[np.ndarray] | None = None,
     time_limit: float | None = None,
+    target: float | None = None,
 ) -> MilpResult:
     """min over x in [lower, upper] of max_rows (C y − d), exactly (up to HiGHS's tolerances).
+
+    With `target`, the feasibility problem instead: any point with max_rows (C y − d) <= target (no
+    objective, so HiGHS stops at its first such point, far sooner than it proves the minimum). Its
+    answer is only ever a candidate for the judge: "no such point" is reported as not `holds`.
 
     `pre_lower`/`pre_upper` are sound bounds on each hidden layer's pre-activations over the box (flat);
     `splits` (+1 active, −1 inactive, 0 free per neuron) restricts the search to a ReLU-split domain
@@ -201,19 +206,26 @@ def solve(
     ub_all = np.concatenate([*var_hi, np.ones(n_a), [np.inf]])
     integrality = np.concatenate([np.zeros(n_in + sum(hidden)), np.ones(n_a), [0]])
     cost = np.zeros(n_var)
-    cost[t_col] = 1.0
+    if target is None:
+        cost[t_col] = 1.0
+    else:
+        ub_all[t_col] = float(target)
     options: dict[str, float | bool] = {"mip_rel_gap": 1e-9, "disp": False}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     result = milp(
         cost, constraints=rows.constraint(), bounds=Bounds(lb_all, ub_all), integrality=integrality, options=options
     )
+    if result.status == 2 and target is not None:  # no point reaches the target: not a proof here
+        return MilpResult(f"no point reaches {target:g}", float("nan"), None)
     if result.status == 2:  # infeasible: the split constraints leave no point
         return MilpResult("optimal", np.inf, None)
     if result.x is None or result.status != 0:
         return MilpResult(
             str(result.message), float("nan"), None if result.x is None else _point(result.x, n_in, chain)
         )
+    if target is not None:
+        return MilpResult("feasible", float(result.x[t_col]), _point(result.x, n_in, chain))
     return MilpResult("optimal", float(result.x[t_col]), _point(result.x, n_in, chain))
 
 

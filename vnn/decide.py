@@ -13,10 +13,19 @@ the open work is the set of (property, box, disjunct) triples no stage has refut
    PGD margin max_k(−slack_k) is positive exactly where a disjunct is violated.
 3. `BoundsStage("alpha-CROWN")`.
 4. `AttackStage` again, with more random starts.
+5. `SampleStage` — on boxes of at most 16 inputs (ACAS Xu), a dense scan of random points (some
+   coordinates on the box's faces, where ACAS Xu's violations sit) and PGD from the best of them: a
+   narrow violation that gradient steps from a few starts miss is often hit by half a million samples.
 
-A branch-and-bound stage (`uverify.verifier.bab`, being written) plugs in as one more `Stage`:
-`decide(network, query, deadline, stages=(*DEFAULT_STAGES, bab_stage))`; it refutes triples with
-`problem.refute` or returns candidate points, as these stages do.
+6. `BabStage` — branch and bound (`uverify.verifier.bab`) on every box still open, against its open
+   disjuncts, under what is left of the deadline: input splitting for boxes of at most 16 inputs (ACAS
+   Xu), ReLU splitting with β-CROWN otherwise, where on a Linear/ReLU chain the MILP (HiGHS) first looks
+   for a violating point (mnistfc). A box's open disjuncts are refuted together when the tree's leaves
+   all have a certified lower bound of C y − d above `CERTIFY_MARGIN` on a row of each disjunct they
+   still reach (or are infeasible by their splits); a falsified box returns its point as a candidate.
+
+Any other stage plugs in the same way (`decide(network, query, deadline, stages=...)`): it refutes
+triples with `problem.refute` or returns candidate points.
 
 Soundness: `unsat` only when every triple is refuted; `sat` only for a candidate that onnxruntime
 replays — the float32 point lies inside its box (rounded inward, exact in float64) and onnxruntime's
@@ -39,6 +48,7 @@ from torch import nn
 
 from uverify.attacks import LinfPGD
 from uverify.errors import UverifyError, one_line
+from uverify.verifier.bab import BabConfig, BranchAndBound, Region
 from uverify.verifier.bounds import CERTIFY_MARGIN, Bounder
 from uverify.verifier.property import Box, Conjunction, Property
 from uverify.vnn.network import FlatModule, Network
@@ -47,12 +57,14 @@ from uverify.vnn.reader import Query
 __all__ = [
     "DEFAULT_STAGES",
     "AttackStage",
+    "BabStage",
     "BoundsStage",
     "Candidate",
     "Counterexample",
     "Deadline",
     "Problem",
     "Result",
+    "SampleStage",
     "Stage",
     "Verdict",
     "decide",
@@ -341,11 +353,181 @@ class AttackStage:
         return []
 
 
+class SampleStage:
+    """Random points of each open low-dimensional box through torch in chunks, a `face` share of their
+    coordinates snapped to a side of the box, until `points` are seen or `share` of the time left is
+    spent; torch's violating points go to the replay, then PGD refines the `keep` best (a small ball
+    around each, `steps` steps)."""
+
+    def __init__(
+        self,
+        name: str = "sampling",
+        *,
+        max_inputs: int = 16,
+        points: int = 500_000,
+        chunk: int = 100_000,
+        keep: int = 1024,
+        steps: int = 100,
+        face: float = 0.25,
+        share: float = 0.15,
+        seed: int = 2,
+    ) -> None:
+        self.name, self.max_inputs, self.points, self.chunk = name, max_inputs, points, chunk
+        self.keep, self.steps, self.face, self.share, self.seed = keep, steps, face, share, seed
+
+    def __call__(self, problem: Problem, deadline: Deadline) -> Sequence[Candidate]:
+        generator = torch.Generator().manual_seed(self.seed)
+        low = [(p, b, ks) for p, b, ks in problem.open_boxes() if problem.properties[p].num_inputs <= self.max_inputs]
+        for i, (p, b, ks) in enumerate(low):
+            until = time.monotonic() + self.share * max(0.0, deadline.remaining()) / (len(low) - i)
+            prop = problem.properties[p]
+            box = prop.boxes[b]
+            head = SlackLogits(problem.flat_module(), box, [prop.violation[k] for k in ks], deadline)
+            n = len(box.lower)
+            best_u, best_s = torch.zeros((0, n)), torch.zeros(0)
+            try:
+                with torch.no_grad():
+                    for _ in range(max(1, self.points // self.chunk)):
+                        if time.monotonic() > until:
+                            break
+                        u = torch.rand((self.chunk, n), generator=generator) * 2 - 1
+                        snap = torch.rand((self.chunk, n), generator=generator) < self.face
+                        u = torch.where(snap, torch.where(u < 0, -1.0, 1.0), u)
+                        slack = -head(u)[:, 1:].amax(dim=1)  # min over disjuncts of their slack
+                        if bool((slack < 0).any()):
+                            order = torch.argsort(slack)[: min(8, int((slack < 0).sum()))]
+                            return [Candidate(x, p, b) for x in head.point(u[order]).numpy().astype(np.float64)]
+                        u_all, s_all = torch.cat([best_u, u]), torch.cat([best_s, slack])
+                        top = torch.topk(s_all, min(self.keep, len(s_all)), largest=False).indices
+                        best_u, best_s = u_all[top], s_all[top]
+                attack = LinfPGD(steps=self.steps, restarts=1)
+                label = torch.zeros(len(best_u), dtype=torch.long)
+                result = attack.run(head, best_u, label, 0.05, -torch.ones((1, n)), torch.ones((1, n)), generator)
+            except OutOfTime:
+                return []
+            if bool(result.success.any()):
+                with torch.no_grad():
+                    x = head.point(result.x_adv[result.success]).numpy().astype(np.float64)
+                return [Candidate(point, p, b) for point in x[:8]]
+        return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Branch and bound
+# --------------------------------------------------------------------------------------------------
+
+
+class ToShape(nn.Module):
+    """Flat inputs (N, inputs) to the network's own input shape: a plain reshape, which both auto_LiRPA
+    and the MILP's layer reader (`verifier.milp.chain_of`) take as an affine step."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape)
+
+
+class PadOutput(nn.Module):
+    """One more output, always 0: the bounder needs at least two outputs; the rows give it weight 0."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([y, torch.zeros_like(y[:, :1])], dim=1)
+
+
+class ReplayJudge:
+    """The branch-and-bound judge: onnxruntime on each point, rounded into the box exactly as `replay`
+    rounds it, and strictly inside one of `violation`'s disjuncts (slack < 0)."""
+
+    def __init__(self, network: Network, box: Box, violation: Sequence[Conjunction]) -> None:
+        self.network, self.box, self.violation = network, box, tuple(violation)
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = points.reshape(len(points), -1)
+        rounded = [_inward_float32(x, self.box) for x in flat]
+        checked = np.stack([flat[i].astype(np.float32) if x is None else x for i, x in enumerate(rounded)])
+        inside = np.array([x is not None for x in rounded])
+        confirmed = np.zeros(len(flat), dtype=bool)
+        if inside.any():
+            y = self.network.run(checked[inside]).astype(np.float64)
+            slack = np.min(np.stack([c.slack(y) for c in self.violation]), axis=0)
+            confirmed[inside] = np.isfinite(y).all(axis=1) & (slack < 0)
+        return confirmed, checked.reshape(points.shape)
+
+
+class BabStage:
+    """Branch and bound on each open box against its open disjuncts (see the module docstring).
+
+    One `BranchAndBound` per network (auto_LiRPA traces the model once); the time left is shared by the
+    open boxes in turn, each getting an equal part of what remains (a box that finishes early leaves
+    its time to the next). A box BaB cannot finish stays open, with the stop reason in the notes."""
+
+    def __init__(self, name: str = "BaB", *, mode: str = "auto", memory_mb: float = 2048.0, margin_s: float = 1.0):
+        self.name = name
+        self.mode = mode
+        self.memory_mb = memory_mb
+        self.margin_s = margin_s  # stop this long before the deadline: one bound call may overrun
+
+    def __call__(self, problem: Problem, deadline: Deadline) -> Sequence[Candidate]:
+        boxes = problem.open_boxes()
+        if not boxes or deadline.remaining() <= self.margin_s:
+            return []
+        try:
+            bab, pad = self._build(problem, deadline)
+        except UverifyError as exc:
+            problem.notes.append(f"{self.name}: {one_line(exc)}")
+            return []
+        for i, (p, b, ks) in enumerate(boxes):
+            left = deadline.remaining() - self.margin_s
+            if left <= 0:
+                break
+            prop = problem.properties[p]
+            box = prop.boxes[b]
+            violation = [prop.violation[k] for k in ks]
+            lo, hi = _outward_float32(box.lower, box.upper)
+            region = Region.box(torch.from_numpy(lo), torch.from_numpy(hi))
+            rows = [Conjunction(np.pad(c.C, ((0, 0), (0, 1))), c.d) for c in violation] if pad else violation
+            try:
+                result = bab.run(region, rows, ReplayJudge(problem.network, box, violation), left / (len(boxes) - i))
+            except UverifyError as exc:
+                problem.notes.append(f"{self.name}: {one_line(exc)}")
+                return []
+            if result.status == "verified":
+                for k in ks:
+                    problem.refute((p, b, k))
+            elif result.status == "falsified" and result.counterexample is not None:
+                x = np.asarray(result.counterexample, dtype=np.float64).reshape(-1)
+                return [Candidate(x, p, b)]
+            else:
+                problem.notes.append(
+                    f"{self.name}: property {p} box {b}: {result.status} after {result.domains} domains "
+                    f"(worst lower bound {result.lower_bound:.3g})"
+                )
+        return []
+
+    def _build(self, problem: Problem, deadline: Deadline) -> tuple[BranchAndBound, bool]:
+        """The network on flat inputs for the bounder; a zero output appended when it has only one."""
+        network = problem.network
+        pad = network.num_outputs < 2
+        layers: list[nn.Module] = [ToShape(network.input_shape), network.imported.module, nn.Flatten()]
+        if pad:
+            layers.append(PadOutput())
+        module = nn.Sequential(*layers)
+        bounder = Bounder(module, (network.num_inputs,), "CROWN")
+        timeout = max(1e-3, deadline.remaining()) if math.isfinite(deadline.remaining()) else 3600.0
+        # no LP leaves: `unsat` rests on certified bounds alone (a fully split leaf left open is `exhausted`)
+        config = BabConfig(timeout_s=timeout, mode=self.mode, memory_mb=self.memory_mb, lp_leaves=False)
+        return BranchAndBound(bounder, config), pad
+
+
 DEFAULT_STAGES: tuple[Stage, ...] = (
     BoundsStage("CROWN"),
     AttackStage("PGD"),
     BoundsStage("alpha-CROWN"),
-    AttackStage("PGD-restarts", steps=100, rounds=2, seed=1),
+    AttackStage("PGD-restarts", steps=100, rounds=1, seed=1),
+    SampleStage("sampling"),
+    BabStage("BaB"),
 )
 
 

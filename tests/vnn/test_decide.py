@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from uverify.testing.vnn import forward, random_weights, v1_query, write_network
+from uverify.testing.vnn import Weights, forward, random_weights, v1_query, write_network
+from uverify.verifier.milp import Chain, solve
 from uverify.vnn.decide import (
     AttackStage,
+    BabStage,
     BoundsStage,
     Candidate,
     Deadline,
     Problem,
     Result,
     RowsHead,
+    Stage,
     decide,
     replay,
 )
@@ -137,3 +140,51 @@ def test_soundness_on_random_networks(tmp_path: Path, seed: int) -> None:
             out = forward(x[None], weights)[0]
             assert out[1] - out[0] >= float(f"{threshold:.6f}") - 1e-5
     assert verdicts[0] is Result.SAT and verdicts[2] is Result.UNSAT  # the easy ends are decided
+
+
+def _exact_max(weights: Weights, lower: np.ndarray, upper: np.ndarray) -> float:
+    """max of y1 − y0 over the box, exactly: the MILP (HiGHS) with interval bounds on the hidden layer."""
+    w1, b1, w2, b2 = (np.asarray(a, np.float64) for a in weights)
+    chain = Chain([w1, w2], [b1, b2], (len(lower),))
+    pre_lower = np.maximum(w1, 0) @ lower + np.minimum(w1, 0) @ upper + b1
+    pre_upper = np.maximum(w1, 0) @ upper + np.minimum(w1, 0) @ lower + b1
+    result = solve(chain, lower, upper, np.array([[1.0, -1.0]]), np.zeros(1), [pre_lower], [pre_upper])
+    assert result.status == "optimal"
+    return -result.value
+
+
+INCOMPLETE: tuple[Stage, ...] = (BoundsStage("CROWN"), AttackStage("PGD"), BoundsStage("alpha-CROWN"))
+
+
+@pytest.mark.parametrize("mode", ["input", "relu"])
+def test_bab_decides_what_the_incomplete_stages_leave_unknown(tmp_path: Path, mode: str) -> None:
+    """Thresholds just over and just under the exact maximum of y1 − y0 (the MILP's). Just over, CROWN,
+    PGD and alpha-CROWN leave it open (decide stops at the first stage that decides, so "BaB" deciding
+    means they did not) and branch and bound proves it; just under, with the bounds alone before it
+    (PGD would find this one), branch and bound's falsifier finds the point, which onnxruntime replays.
+    In either split mode."""
+    weights = random_weights(3, 16, 2, seed=1)
+    path = write_network(tmp_path / "n.onnx", weights=weights)
+    lower, upper = np.array([-1.0, -0.5, -1.0]), np.array([1.0, 1.0, 0.5])
+    best = _exact_max(weights, lower, upper)
+    for threshold, want in ((best + 0.02, Result.UNSAT), (best - 0.02, Result.SAT)):
+        query = parse_vnnlib(v1_query(list(lower), list(upper), f"(>= (- Y_1 Y_0) {threshold:.6f})"))
+        net = load_network(path, query)
+        before = INCOMPLETE if want is Result.UNSAT else (INCOMPLETE[0], INCOMPLETE[2])
+        verdict = decide(net, query, Deadline(30), (*before, BabStage(mode=mode)))
+        assert (verdict.result, verdict.stage) == (want, "BaB"), verdict.notes
+        if want is Result.SAT:
+            assert verdict.counterexample is not None
+            x = verdict.counterexample.x.astype(np.float64)
+            assert np.all((x >= lower) & (x <= upper))
+            y = forward(x[None], weights)[0]
+            assert y[1] - y[0] >= float(f"{threshold:.6f}") - 1e-5
+
+
+def test_bab_stage_shares_the_deadline_and_says_why_it_stopped(network: Path) -> None:
+    """A budget too short to finish: the box stays open (unknown, never unsat) and the notes say so."""
+    query = parse_vnnlib(v1_query([-1, -1], [1, 1], "(>= Y_0 2.1)"))  # max y0 = 2.1 exactly: undecidable
+    net = load_network(network, query)
+    verdict = decide(net, query, Deadline(2.5), [BabStage(margin_s=0.5)])
+    assert verdict.result in (Result.UNKNOWN, Result.TIMEOUT)
+    assert any("BaB: property 0 box 0:" in note for note in verdict.notes), verdict.notes

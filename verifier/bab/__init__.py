@@ -13,6 +13,9 @@ Two ways to split, chosen automatically (`mode: auto`) or by the spec:
 * ReLU splitting (`relu`, every norm the bounder supports): β-CROWN with BaBSR choosing the neuron,
   batched domains, β warm-started from the parent, α-CROWN at the root; a domain with no unstable
   neuron left is an LP, solved exactly (`verifier/milp.py`) when the model is a Linear/ReLU chain.
+  On such a chain, after the root, the MILP's feasibility problem (HiGHS) also looks for a violating
+  point of each open disjunct in up to `exact_share` of the budget: a falsifier only, its points go to
+  the judge like any other.
 
 A falsifier runs in the loop: every bounded domain's bound-minimising point, and PGD from the worst
 domains' points, go to the judge (onnxruntime) before they count. A time budget, a memory cap on the
@@ -39,6 +42,7 @@ from uverify.models.referee import Referee
 from uverify.verifier.bab.bounding import DomainBounder, Region
 from uverify.verifier.bab.falsify import Judge, PropertyJudge, SlackModel
 from uverify.verifier.bab.search import (
+    ExactSearch,
     Falsifier,
     LeafSolver,
     LeafVerdict,
@@ -66,6 +70,9 @@ __all__ = [
 ]
 
 INPUT_SPLIT_MAX_DIMS = 16
+# the MILP falsifier asks for C y − d <= −EXACT_TARGET, so that float32 round-off in onnxruntime does not
+# lose a point the float64 program finds on the boundary
+EXACT_TARGET = 1e-6
 MODES = ("auto", "input", "relu")
 STOP_REASONS = ("verified", "falsified", "timeout", "memory", "exhausted")
 
@@ -88,6 +95,9 @@ class BabConfig:
     attack_domains: int = 8
     attack_steps: int = 20
     seed: int = 0
+    exact_share: float = 0.5  # ReLU splitting: at most this share of the budget for the MILP falsifier (0: none)
+    exact_max_unstable: int = 400  # ... and only when the root leaves at most this many unstable neurons
+    lp_leaves: bool = True  # settle fully split ReLU leaves by the exact LP (off: only bounds decide)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -96,6 +106,8 @@ class BabConfig:
             raise BabError(f"unknown branch-and-bound mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not self.memory_mb > 0:
             raise BabError(f"the branch-and-bound memory cap must be positive, got {self.memory_mb} MB")
+        if not 0 <= self.exact_share <= 1:
+            raise BabError(f"the MILP falsifier's share of the budget must lie in [0, 1], got {self.exact_share}")
         if self.batch < 1 or self.beta_iterations < 0 or self.attack_every < 0 or self.attack_steps < 1:
             raise BabError("batch and attack_steps must be at least 1, beta_iterations and attack_every at least 0")
 
@@ -167,10 +179,12 @@ class BranchAndBound:
         if mode == "input":
             outcome = input_split(self.domains, region, rows, falsifier, settings)
         else:
-            leaf = self._leaf_solver(region, rows)
+            leaf = self._leaf_solver(region, rows) if config.lp_leaves else None
+            exact = self._exact_search(region, rows) if config.exact_share > 0 else None
             outcome = relu_split(
-                self.domains, region, rows, falsifier, settings, alpha_root=config.alpha_root, leaf=leaf
-            )
+                self.domains, region, rows, falsifier, settings, alpha_root=config.alpha_root, leaf=leaf,
+                exact=exact, exact_share=config.exact_share,
+            )  # fmt: skip
         return _result(outcome, mode, time.perf_counter() - started)
 
     def verify_property(
@@ -199,8 +213,8 @@ class BranchAndBound:
                 return total.result(result.status, time.perf_counter() - started, result.counterexample)
         return total.result("verified", time.perf_counter() - started)
 
-    def _leaf_solver(self, region: Region, rows: Rows) -> LeafSolver | None:
-        """The exact LP for fully split leaves, when the model is a Linear/ReLU chain and the region a box."""
+    def _chain(self, region: Region) -> Chain | None:
+        """The model as a Linear/ReLU chain for the MILP (when it is one and the region is a box)."""
         if region.norm != "inf":
             return None
         if not self._leaf_checked:
@@ -211,6 +225,39 @@ class BranchAndBound:
                 self._leaf_chain = None
         chain = self._leaf_chain
         if chain is None or len(chain.hidden) != len(self.domains.layers):
+            return None
+        return chain
+
+    def _exact_search(self, region: Region, rows: Rows) -> ExactSearch | None:
+        """The MILP's feasibility problem as a falsifier: a point of the box with C y − d <= −margin on
+        every row of one disjunct, from the root's layer bounds; what it finds goes to the judge."""
+        chain = self._chain(region)
+        if chain is None:
+            return None
+        lower, upper = region.lower.double().numpy(), region.upper.double().numpy()
+        C, d, owner = rows.C.double().numpy(), rows.d.double().numpy(), rows.owner.numpy()
+        limit = self.config.exact_max_unstable
+
+        def search(
+            pre_lower: list[torch.Tensor], pre_upper: list[torch.Tensor], k: int, seconds: float
+        ) -> np.ndarray | None:
+            unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in zip(pre_lower, pre_upper, strict=True))
+            if unstable > limit:
+                return None
+            mine = owner == k
+            result = solve(
+                chain, lower, upper, C[mine], d[mine],
+                [t[0].double().numpy() for t in pre_lower], [t[0].double().numpy() for t in pre_upper],
+                time_limit=max(0.1, seconds), target=-EXACT_TARGET,
+            )  # fmt: skip
+            return result.point
+
+        return search
+
+    def _leaf_solver(self, region: Region, rows: Rows) -> LeafSolver | None:
+        """The exact LP for fully split leaves, when the model is a Linear/ReLU chain and the region a box."""
+        chain = self._chain(region)
+        if chain is None:
             return None
         lower, upper = region.lower.double().numpy(), region.upper.double().numpy()
         C, d, owner = rows.C.double().numpy(), rows.d.double().numpy(), rows.owner.numpy()

@@ -37,6 +37,9 @@ RELU_DEPTH = 1
 
 # Leaf solver for ReLU domains with nothing left to split: (layer bounds, splits, disjunct) -> verdict
 LeafSolver = Callable[[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], int], "LeafVerdict"]
+# Exact search for a violating point of one disjunct over the whole region (the MILP's feasibility
+# problem): (root layer bounds lower, upper, disjunct, seconds) -> a candidate point for the judge, or None
+ExactSearch = Callable[[list[torch.Tensor], list[torch.Tensor], int, float], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -278,8 +281,13 @@ def relu_split(
     *,
     alpha_root: bool,
     leaf: LeafSolver | None,
+    exact: ExactSearch | None = None,
+    exact_share: float = 0.5,
 ) -> Outcome:
-    """β-CROWN branch and bound over ReLU phases, BaBSR choosing the neuron."""
+    """β-CROWN branch and bound over ReLU phases, BaBSR choosing the neuron. With `exact`, the MILP
+    first looks for a violating point of each disjunct the root leaves alive (worst bound first), in at
+    most `exact_share` of the time: bounds converge on a violation slowly, the MILP's first feasible
+    point often comes fast, and the judge has the last word on it."""
     clock = _Clock(settings.timeout_s)
     per_domain = sum(layer.size * (3 * 4 + 1) for layer in bounder.layers) + rows.disjuncts + 64
     per_domain += bounder.inputs * 4
@@ -290,6 +298,8 @@ def relu_split(
     store = _keep(root, rows, falsifier, region, alive, zeros, torch.full((1,), -math.inf), bounder)
     bounded, max_queue, iterations = 1, len(store), 0
     notes: list[str] = []
+    if exact is not None and len(store) and falsifier.found is None:
+        _exact_attack(store, root.lower, rows, falsifier, exact, clock, exact_share, notes)
     while True:
         if falsifier.found is not None:
             return Outcome("falsified", bounded, max_queue, iterations, -math.inf, falsifier.found, notes)
@@ -329,6 +339,34 @@ def relu_split(
         kept = _keep(bounds, rows, falsifier, region, children.alive, children.splits, children.score, bounder)
         store = _ReluStore.join(store, kept)
         max_queue = max(max_queue, len(store))
+
+
+def _exact_attack(
+    store: _ReluStore,
+    root_lower: torch.Tensor,
+    rows: Rows,
+    falsifier: Falsifier,
+    exact: ExactSearch,
+    clock: _Clock,
+    share: float,
+    notes: list[str],
+) -> None:
+    """The exact search on each disjunct the root left alive, the worst-bounded first (lowest best-row
+    bound of C y − d at the root), each given an equal part of what is left of `share` of the budget;
+    stops at the first point the judge confirms."""
+    lower, upper = [t[:1] for t in store.lower], [t[:1] for t in store.upper]
+    until = clock.start + share * (clock.deadline - clock.start)
+    best = torch.full((1, rows.disjuncts), -torch.inf, dtype=root_lower.dtype)
+    best = best.scatter_reduce(1, rows.owner[None], (root_lower[:1] - rows.d).to(best.dtype), reduce="amax")[0]
+    order = sorted(store.alive[0].nonzero().view(-1).tolist(), key=lambda k: float(best[k]))
+    for i, k in enumerate(order):
+        left = until - time.perf_counter()
+        if left <= 0.5:
+            notes.append(f"the MILP had no time left for {len(order) - i} of {len(order)} open disjuncts")
+            return
+        point = exact(lower, upper, k, left / (len(order) - i))
+        if point is not None and falsifier.confirm(torch.from_numpy(point[None])):
+            return
 
 
 def _decided(rows: Rows, alive: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
