@@ -27,7 +27,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # the pid in the name lets a later command tell a dead writer's file from a live one's
+        fd, tmp_name = tempfile.mkstemp(prefix=staging_name(target, os.getpid()), suffix=TEMP_SUFFIX, dir=target.parent)
     except OSError as exc:
         raise UverifyError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -93,6 +94,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 STAGING_SUFFIX = ".staging"
+TEMP_SUFFIX = ".tmp"
 
 
 def staging_name(target: Path, pid: int) -> str:
@@ -192,6 +194,20 @@ def remove_stale_staging(final: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (`.NAME.PID.xxxx.tmp`) that `atomic_write` calls of processes that no
+    longer run left anywhere under `folder` (a kill between writing and renaming). Call it while holding
+    the folder's lock. Returns what it removed."""
+    removed = []
+    for path in sorted(Path(folder).rglob(f".*{TEMP_SUFFIX}")):
+        parts = path.name.split(".")  # "", NAME parts..., PID, random, "tmp"
+        pid = parts[-3] if len(parts) >= 5 else ""
+        if path.is_file() and pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -227,7 +243,9 @@ def exclusive_lock(lock_file: Path, holder: str, busy: Callable[[str], str]) -> 
         key.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
     except OSError as exc:
-        raise UverifyError(f"cannot write in {key.parent} (to lock it for this command): {exc.strerror or exc}") from None
+        raise UverifyError(
+            f"cannot write in {key.parent} (to lock it for this command): {exc.strerror or exc}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

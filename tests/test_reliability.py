@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from uverify.cli import cli
 from uverify.datasets import load
-from uverify.files import STAGING_SUFFIX, remove_stale_staging, staging_name
+from uverify.files import STAGING_SUFFIX, atomic_write, remove_stale_staging, remove_stale_temp_files, staging_name
 from uverify.rundir import lock_file, open_run
 from uverify.specs.load import load_spec
 
@@ -303,3 +303,23 @@ def test_compare_names_different_data_sets_and_explains_its_notation(tmp_path: P
         compare(report("mixture"), report("digits"))
     table = render_comparison(compare(report("mixture"), report("mixture")))
     assert "→" in table and "->" not in table and "how many samples, then their ids" in table
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_no_others(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    (tmp_path / "plots").mkdir()
+    stale = [tmp_path / f".tables.json.{dead_pid}.k3x9_q.tmp", tmp_path / "plots" / f".a.png.{dead_pid}.zz.tmp"]
+    kept = [tmp_path / f".tables.md.{os.getpid()}.ab12.tmp", tmp_path / ".notes.tmp", tmp_path / "tables.json"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    written = {}
+
+    def write(tmp: Path) -> None:
+        written["name"] = tmp.name
+        tmp.write_text("y")
+
+    atomic_write(tmp_path / "r.json", write)
+    assert written["name"].startswith(f".r.json.{os.getpid()}.") and written["name"].endswith(".tmp")
