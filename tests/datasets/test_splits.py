@@ -49,11 +49,13 @@ def test_stratified_subset_is_sklearns() -> None:
             assert np.array_equal(keep, np.sort(ref)), (len(y), size, seed)
 
 
-def test_roc_auc_is_sklearns_with_ties() -> None:
+def test_roc_auc_is_sklearns_bit_for_bit_with_ties() -> None:
     rng = np.random.default_rng(1)
     for _ in range(50):
         n = int(rng.integers(4, 300))
         truth = rng.integers(0, 2, n)
         truth[:2] = [0, 1]
         scores = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # rounding makes ties
-        assert roc_auc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+        assert roc_auc(truth, scores) == roc_auc_score(truth, scores)  # to the last bit
+        losses = rng.random(n).astype(np.float32)  # what the MIA scores: per-sample losses
+        assert roc_auc(truth, losses) == roc_auc_score(truth, losses)
