@@ -132,21 +132,23 @@ def check_run_with_reuse(
     out: Path | None = None,
     progress: bool = True,
     cross_check: bool = False,
+    spec: Spec | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> tuple[Report, Reuse]:
     """Check the run's current model with the run's spec and samples, as `uverify check --model` would,
     bounding only the shards without a valid certificate and filling the cache with theirs. `reuse=False`
     (or a run reuse does not apply to, which `notes` is told) is the plain full check and leaves the cache
-    alone. The report (and its counterexamples, `REPORT.counterexamples.npz`) go to `out` when given.
-    Holds the run's lock: the cache is part of the run."""
+    alone. `spec` replaces the run's (command-line overrides: another norm, epsilon or method); the
+    report (and its counterexamples, `REPORT.counterexamples.npz`) go to `out` when given; `notes` hears
+    one line on what was reused (default: stderr). Holds the run's lock: the cache is part of the run."""
     say = notes or _to_stderr
     with locked(run_dir):
         run = open_run(run_dir)
-        spec = run.spec
+        spec = spec or run.spec
         if out is not None:
             ensure_writable_dir(out.parent)
         chosen = samples_for_check(spec, run.model_path, None)
-        plan: _Plan | str = _plan(run, chosen.samples.x) if reuse else "--no-reuse asked for a full check"
+        plan: _Plan | str = _plan(run, spec, chosen.samples.x) if reuse else "not asked for (--no-reuse)"
         source = _CachedMargins(run.dir, plan, spec) if isinstance(plan, _Plan) else None
         if source is not None:
             prune_certificates(run.dir, {shard.sha256 for shard in source.plan.shards})
@@ -184,12 +186,11 @@ class _Plan:
     modules: list[nn.Module] = field(default_factory=list)  # the shards imported to torch, as `shards`
 
 
-def _plan(run: Run, x: np.ndarray) -> _Plan | str:
+def _plan(run: Run, spec: Spec, x: np.ndarray) -> _Plan | str:
     """How to compose the run's current model from per-shard certificates, or why that does not apply."""
-    spec = run.spec
     if run.info.method != UnlearningMethod.SISA:
         return f"a {run.info.method} run is one model, not shards"
-    aggregation = spec.unlearning.sisa.aggregation
+    aggregation = run.spec.unlearning.sisa.aggregation  # what was trained, whatever the check overrides
     method = spec.verify.method
     if aggregation == Aggregation.MEAN_SOFTMAX:
         return "mean_softmax averages softmax outputs, which is not linear in the shards' logits"
