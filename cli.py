@@ -245,6 +245,37 @@ def demo(out: Path, quiet: bool) -> None:
     click.echo(f"demo finished in {result.seconds:.1f} s")
 
 
+def _check_run(
+    run_dir: Path,
+    overrides: dict[str, Any],
+    flags: dict[str, str],
+    reuse: bool,
+    out: Path | None,
+    quiet: bool,
+    cross_check: bool,
+    complete: bool,
+    timeout: float | None,
+) -> None:
+    """`check --run`: the run's spec with the flags over it, certificates of unchanged shards reused."""
+    from uverify.rundir import open_run
+    from uverify.specs.load import load_spec
+    from uverify.verifier.check import with_complete
+    from uverify.verifier.incremental import check_run_with_reuse
+    from uverify.verifier.report import render_table
+
+    run = open_run(run_dir)  # a folder that is not a run is refused before anything else
+    chosen = None
+    if overrides or complete or timeout is not None:
+        chosen = with_complete(load_spec(run.dir.spec_file, overrides, flags), complete, timeout)
+    report, _ = check_run_with_reuse(
+        run_dir, reuse=reuse, out=out, progress=not quiet, cross_check=cross_check, spec=chosen,
+        notes=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+    click.echo(render_table(report))
+    if out:
+        click.echo(f"report: {out}  counterexamples: {out.with_suffix('.counterexamples.npz')}")
+
+
 @cli.command()
 @click.option(
     "--spec",
@@ -252,7 +283,14 @@ def demo(out: Path, quiet: bool) -> None:
     metavar="SPEC",
     help=f"YAML spec file, or a shipped spec: {', '.join(shipped_specs())}. Optional with --samples FILE.npz.",
 )
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="The ONNX classifier.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="The ONNX classifier (or give --run).")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Check this run's current model with its spec, reusing the certificates of unchanged SISA shards.",
+)
+@click.option("--no-reuse", is_flag=True, help="With --run: bound every shard again (a full check).")
 @click.option("--bounds", type=click.Choice(values(BoundMethod)), help="Bound method. Default: the spec's, or CROWN.")
 @_deprecated_method("--bounds", click.Choice(values(BoundMethod)))
 @click.option("--norm", type=click.Choice(values(Norm)), help="Norm of the ball.")
@@ -288,7 +326,9 @@ def demo(out: Path, quiet: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(
     spec_ref: str | None,
-    model_path: Path,
+    model_path: Path | None,
+    run_dir: Path | None,
+    no_reuse: bool,
     bounds: str | None,
     old_method: str | None,
     norm: str | None,
@@ -333,6 +373,18 @@ def check(
     if epsilon:
         overrides["property.epsilon"] = list(epsilon)
     flags = {"verify.method": "--bounds", "property.norm": "--norm", "property.epsilon": "--epsilon"}
+    if run_dir is not None:
+        given = {"--spec": spec_ref, "--model": model_path, "--samples": samples_arg, "--data": data_path,
+                 "--external-solver": external_solver, "--export-vnnlib": export_vnnlib}  # fmt: skip
+        clash = [flag for flag, value in given.items() if value is not None]
+        if clash:
+            raise UverifyError(f"--run checks the run's model on the run's spec and samples; drop {', '.join(clash)}")
+        _check_run(run_dir, overrides, flags, not no_reuse, out, quiet, cross_check, complete, timeout)
+        return
+    if no_reuse:
+        raise UverifyError("--no-reuse goes with --run (certificates are reused only within a run)")
+    if model_path is None:
+        raise UverifyError("give the model to check: --model M.onnx, or --run RUN_DIR")
     if external_solver is not None:  # blamed only when given: a spec's own verify.external errors are the file's
         overrides["verify.external.command"] = external_solver
         flags["verify.external.command"] = "--external-solver"

@@ -212,3 +212,34 @@ def test_mean_softmax_says_reuse_does_not_apply(tmp_path: Path) -> None:
     assert lines == [reuse.summary()] and "full check" in lines[0]
     assert not (tmp_path / "run" / "certificates").exists()
     assert report.results[0].counts.verified > 0
+
+
+def test_check_run_on_the_command_line(trained: tuple[Path, Spec], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from uverify.cli import cli
+
+    run = _copy(trained[0], tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["check", "--run", str(run), "--out", str(tmp_path / "m.json"), "--quiet"])
+    assert first.exit_code == 0, first.output
+    _delete_from_shard(run, 0)
+    reused = runner.invoke(cli, ["check", "--run", str(run), "--out", str(tmp_path / "r.json"), "--quiet"])
+    assert reused.exit_code == 0 and "reused" in reused.stderr, reused.output
+    full = runner.invoke(cli, ["check", "--run", str(run), "--no-reuse", "--out", str(tmp_path / "f.json"), "--quiet"])
+    assert full.exit_code == 0 and "not asked for" in full.stderr, full.output
+    load = Report.model_validate_json
+    _assert_same(load((tmp_path / "r.json").read_text()), load((tmp_path / "f.json").read_text()))
+    narrow = runner.invoke(
+        cli, ["check", "--run", str(run), "--epsilon", "0.01", "--out", str(tmp_path / "e.json"), "--quiet"]
+    )
+    assert narrow.exit_code == 0 and [r.epsilon for r in load((tmp_path / "e.json").read_text()).results] == [0.01]
+    for args, needle in [
+        (["--run", str(run), "--model", "m.onnx"], "drop --model"),
+        (["--model", str(run / "model.onnx"), "--no-reuse"], "--no-reuse goes with --run"),
+        (["--run", str(tmp_path)], str(tmp_path)),
+        ([], "--model M.onnx, or --run"),
+    ]:
+        bad = runner.invoke(cli, ["check", *args, "--quiet"])
+        lines = [line for line in bad.output.splitlines() if line.strip()]
+        assert bad.exit_code == 2 and len(lines) == 1 and needle in lines[0], bad.output
