@@ -737,12 +737,8 @@ def _with_counts(before: EpsilonResult, verdicts: np.ndarray, update: dict[str, 
 
 def _with_complete(before: EpsilonResult, verdicts: np.ndarray, summary: dict[str, Any]) -> EpsilonResult:
     """The epsilon's result recounted after branch and bound, with the incomplete figures kept beside."""
-    n = len(verdicts)
-    count = {v: int((verdicts == v).sum()) for v in ("verified", "falsified", "unknown", "misclassified")}
-    clean = before.clean_accuracy
-    certified = count["verified"] / n
-    pgd = (count["verified"] + count["unknown"]) / n
     stops = summary["stops"]
+    decided = not (verdicts == "unknown").any()
     complete = CompleteResult(
         mode=summary["mode"],
         timeout_s=summary["spec"].timeout_s,
@@ -752,21 +748,12 @@ def _with_complete(before: EpsilonResult, verdicts: np.ndarray, summary: dict[st
         undecided=summary["attempted"] - stops["verified"] - stops["falsified"],
         stop_reasons=stops,
         seconds=summary["seconds"],
-        exact_accuracy=certified if count["unknown"] == 0 else None,
+        exact_accuracy=float((verdicts == "verified").sum() / len(verdicts)) if decided else None,
         incomplete_certified_accuracy=before.certified_accuracy,
         incomplete_pgd_accuracy=before.pgd_accuracy,
         skipped=summary["skipped"],
     )
-    return before.model_copy(
-        update={
-            "certified_accuracy": certified,
-            "pgd_accuracy": pgd,
-            "gap_pgd": clean - pgd,
-            "gap_certified": clean - certified,
-            "counts": before.counts.model_copy(update={k: count[k] for k in ("verified", "falsified", "unknown")}),
-            "complete": complete,
-        }
-    )
+    return _with_counts(before, verdicts, {"complete": complete})
 
 
 def _fit(x: np.ndarray, shape: tuple[int, ...], model_path: Path) -> np.ndarray:
