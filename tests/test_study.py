@@ -252,3 +252,21 @@ def test_one_bar_over_the_grid_on_a_terminal_only(
     text = stream.getvalue()
     assert ("study: 100%" in text and "4/4" in text) is shown, text
     assert shown or text == ""
+
+
+def test_the_exact_column_appears_where_branch_and_bound_ran(finished: StudyResult, tmp_path: Path) -> None:
+    assert "R-ACC (exact)" not in (finished.out / "tables.md").read_text()  # never an empty column
+    spec = validate_spec(
+        tiny_spec_dict(
+            verify={"method": "CROWN", "complete": {"timeout_s": 5.0}}, property={"norm": "inf", "epsilon": [0.05]}
+        )
+    )
+    result = study(spec, tmp_path / "out", methods=("sisa",), progress=False, echo=lambda _: None)
+    markdown = (result.out / "tables.md").read_text()
+    assert "SISA R-ACC (exact)" in markdown
+    for cell in result.cells:
+        for report in (cell.before, cell.after):
+            r = report.result_at(0.05)
+            assert r.complete is not None and r.certified_accuracy <= r.pgd_accuracy
+            shown = f"{100 * r.complete.exact_accuracy:.2f}%" if r.complete.exact_accuracy is not None else "–"
+            assert shown in markdown
