@@ -75,6 +75,22 @@ def _spec_option(f: Any) -> Any:
 _METHODS = click.Choice(values(UnlearningMethod))
 
 
+def _compute_options(f: Any) -> Any:
+    """`--workers N` and `--scheduler ADDRESS`: run the command's independent tasks on Dask."""
+    f = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="A running Dask scheduler (tcp://HOST:PORT) whose workers run the tasks. Default: the spec's compute.",
+    )(f)
+    return click.option(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Run the independent tasks on N Dask workers: a local cluster on 127.0.0.1 (no --scheduler), "
+        "or wait for N workers of --scheduler.",
+    )(f)
+
+
 def _deprecated_method(new: str, choice: click.Choice, multiple: bool = False) -> Any:
     """The old `--method` spelling, hidden: it meant the unlearning method on train/unlearn/study and the
     bound method on check. Kept for one release with a warning; `new` is the option that replaces it."""
@@ -113,6 +129,7 @@ def _positive_samples(value: str | None) -> tuple[int | None, Path | None]:
 )
 @_deprecated_method("--unlearning", _METHODS)
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path.")
+@_compute_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
     spec_ref: str,
@@ -122,6 +139,8 @@ def train(
     unlearning: str | None,
     old_method: str | None,
     data_path: Path | None,
+    workers: int | None,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     """Train M for later unlearning and export it to ONNX (checked by onnxruntime).
@@ -129,12 +148,14 @@ def train(
     SISA trains the sharded, sliced ensemble with its checkpoints; Amnesiac trains one model and
     records every batch's update. The run directory holds model.onnx (vote.json for a majority vote),
     run.json, spec.json and train_log.json. OUT must be new or an empty folder; an existing run is
-    replaced only with --overwrite, and a folder of other files never.
+    replaced only with --overwrite, and a folder of other files never. With --workers or --scheduler,
+    SISA's shards train in parallel on Dask (the same bytes as serially).
 
     \b
     Example:
       uverify train --spec specs/mixture.yaml --unlearning sisa --out runs/mixture --adversarial
     """
+    from uverify.compute import compute_from_options
     from uverify.pipeline import train_run
     from uverify.specs.load import load_spec
 
@@ -144,7 +165,8 @@ def train(
         overrides["data.path"] = str(data_path)
     flags = {"unlearning.method": "--unlearning", "data.path": "--data"}
     spec = load_spec(spec_ref, overrides or None, flags)
-    run = train_run(spec, out, adversarial=adversarial, progress=not quiet, overwrite=overwrite)
+    compute = compute_from_options(workers, scheduler, spec.compute)
+    run = train_run(spec, out, adversarial=adversarial, progress=not quiet, overwrite=overwrite, compute=compute)
     if run.replaced:
         click.echo(f"replaced {out}: {run.replaced}")
     click.echo(_describe(spec.name, run))
@@ -174,6 +196,7 @@ def train(
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the metrics here."
 )
+@_compute_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def unlearn(
     run_dir: Path,
@@ -184,6 +207,8 @@ def unlearn(
     seed: int | None,
     baseline: bool,
     json_out: Path | None,
+    workers: int | None,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     """Delete training samples from a run: M' replaces M in the run, all or nothing.
@@ -191,14 +216,17 @@ def unlearn(
     Without --delete or --delete-fraction the spec's unlearning.delete request is used. The same
     request twice is a no-op; every deletion is appended to the run's deletions.json and its
     metrics (accuracy on test / retained / forgotten, membership inference, time) go to unlearn.json.
+    With --workers or --scheduler, SISA's touched shards retrain in parallel on Dask.
 
     \b
     Example:
       uverify unlearn --run runs/mixture --unlearning sisa --delete-fraction 0.01 --seed 0
     """
+    from uverify.compute import compute_from_options
     from uverify.pipeline import unlearn_run
     from uverify.unlearning.metrics import render_unlearning
 
+    compute = compute_from_options(workers, scheduler)
     result = unlearn_run(
         run_dir,
         ids_file=ids_file,
@@ -209,6 +237,7 @@ def unlearn(
         baseline=baseline,
         metrics_out=json_out,
         progress=not quiet,
+        compute=compute,
     )
     if result.noop:
         click.echo(f"nothing to do: all {result.requested} requested ids are already deleted from {result.run}")
@@ -452,6 +481,7 @@ def _vnnlib_options(spec: Any, model_path: Path, export_dir: Path | None) -> tup
 @click.option(
     "--data", "data_path", type=click.Path(path_type=Path), help="Override the spec's data.path (one --spec only)."
 )
+@_compute_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def study(
     spec_refs: tuple[str, ...],
@@ -459,6 +489,8 @@ def study(
     methods: tuple[str, ...],
     old_method: tuple[str, ...],
     data_path: Path | None,
+    workers: int | None,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     """The seed's study: {SISA, Amnesiac} x {standard, adversarial} x {before, after deletion}.
@@ -467,12 +499,15 @@ def study(
     the headline sigma (one row per --spec; study.headline_epsilon, default the sweep's middle value),
     certified R-ACC and the deletion's deltas, the per-epsilon RQ1-RQ4 tables (tables.md, tables.json),
     plots (plots/*.png) and report.html, one self-contained page. A rerun reuses the finished steps.
+    With --workers or --scheduler, the grid's cells run in parallel on Dask (the same results).
 
     \b
     Examples:
       uverify study --spec specs/mixture.yaml --out runs/study
       uverify study --spec mixture --spec digits --out runs/two
+      uverify study --spec mixture --out runs/study --workers 2
     """
+    from uverify.compute import compute_from_options
     from uverify.specs.load import load_spec
     from uverify.study import METHODS, render_study_summary
     from uverify.study import study as run_study
@@ -482,7 +517,8 @@ def study(
     overrides = {"data.path": str(data_path)} if data_path else None
     specs = [load_spec(ref, overrides, {"data.path": "--data"}) for ref in spec_refs]
     chosen = tuple(dict.fromkeys(methods + old_method)) or METHODS
-    result = run_study(specs, out, methods=chosen, progress=not quiet, echo=click.echo)
+    compute = compute_from_options(workers, scheduler) if workers is not None or scheduler is not None else None
+    result = run_study(specs, out, methods=chosen, progress=not quiet, echo=click.echo, compute=compute)
     click.echo(render_study_summary(result))
     click.echo(f"study finished in {result.seconds:.1f} s")
 

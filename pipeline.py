@@ -4,6 +4,11 @@ later step reads back; rundir.py owns its layout).
 The spec's `unlearning.method` decides how M is trained: SISA trains the sharded, sliced ensemble
 with its checkpoints; Amnesiac trains one model and records every batch's parameter update. Either
 way the method exports the model to ONNX and onnxruntime's accuracy on the test set must match torch's.
+
+`compute` (the spec's section, or the command line's) says where SISA's shards train: the executor is
+opened before anything is written (a scheduler that cannot be reached changes nothing) and the run
+records the spec without it. Amnesiac's training stays serial: every recorded update depends on the
+one before it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from uverify import __version__
+from uverify.compute import Executor, open_executor, without_compute
 from uverify.datasets import Dataset, Splits, load
 from uverify.errors import ExportError, UverifyError
 from uverify.files import atomic_write_json, ensure_writable_dir
@@ -43,9 +49,10 @@ from uverify.rundir import (
     write_deletion,
     write_trained,
 )
-from uverify.specs.schema import Spec, spec_sha256
+from uverify.specs.schema import ComputeSpec, Spec, spec_sha256
 from uverify.unlearning.method import Method, method_for
 from uverify.unlearning.metrics import unlearning_metrics
+from uverify.unlearning.sisa import Sisa
 
 EXPORT_CHECK_SAMPLES = 256
 
@@ -88,21 +95,25 @@ def train_run(
     overwrite: bool = False,
     splits: Splits | None = None,
     progress: bool = True,
+    compute: ComputeSpec | None = None,
 ) -> TrainRun:
     """Train the spec's model (standard or adversarial) with its unlearning method, export it, check it
     with onnxruntime.
 
     `out` must be new, an empty folder, or (with `overwrite`) an existing run; it is locked for the whole
     call. Everything is written into a staging folder beside `out` that replaces `out` only when
-    complete, so a failed or interrupted run never leaves a directory that mixes files of two runs."""
+    complete, so a failed or interrupted run never leaves a directory that mixes files of two runs.
+    `compute` (default: the spec's section) is where SISA's shards train."""
     started = time.perf_counter()
     final = Path(out).absolute()
     training = Training.ADVERSARIAL if adversarial else Training.STANDARD
-    with locked(final):
+    compute = compute or spec.compute
+    spec = without_compute(spec)
+    with open_executor(compute) as executor, locked(final):
         replaced = check_train_target(final, overwrite=overwrite)
         splits = splits or load(spec.data)
         with creating(final) as staging:
-            method = method_for(spec, splits.train, training)
+            method = _on(method_for(spec, splits.train, training), executor)
             model, steps = method.fit(staging.path, progress=progress)
             exported = _export(method, model, staging, final, spec, splits, training)
             train_accuracy = accuracy(predict_logits(model, splits.train.X), splits.train.y) or 0.0
@@ -128,6 +139,14 @@ def train_run(
         Path(out) / exported["file"],
         replaced,
     )
+
+
+def _on(method: Method, executor: Executor) -> Method:
+    """The method with its independent work on `executor`: SISA's shards. Amnesiac has none (each
+    recorded update is taken on the model the previous one left), so it stays serial."""
+    if isinstance(method, Sisa):
+        method.executor = executor
+    return method
 
 
 def _train_log(
@@ -212,6 +231,7 @@ def unlearn_run(
     metrics_out: str | Path | None = None,
     splits: Splits | None = None,
     progress: bool = True,
+    compute: ComputeSpec | None = None,
 ) -> UnlearnResult:
     """Delete a request (an id file, an id array, a seeded fraction of the training set, or with
     `from_spec` and none of those the run's spec's request) from a run: M' replaces M in the run
@@ -219,8 +239,31 @@ def unlearn_run(
 
     `baseline=True` also retrains from scratch without every deleted id (the gold standard) and adds
     the comparison with it to the metrics, which also go to `metrics_out` when given. A request whose
-    ids are all deleted already is a no-op."""
+    ids are all deleted already is a no-op. `compute` is where SISA's touched shards retrain (a run
+    records no compute section: default serial)."""
     started = time.perf_counter()
+    with open_executor(compute) as executor:
+        return _unlearn(
+            run_dir, ids_file, ids, fraction, seed, from_spec, method, baseline, metrics_out, splits, progress,
+            executor, started,
+        )  # fmt: skip
+
+
+def _unlearn(
+    run_dir: str | Path,
+    ids_file: str | Path | None,
+    ids: np.ndarray | None,
+    fraction: float | None,
+    seed: int | None,
+    from_spec: bool,
+    method: str | None,
+    baseline: bool,
+    metrics_out: str | Path | None,
+    splits: Splits | None,
+    progress: bool,
+    executor: Executor,
+    started: float,
+) -> UnlearnResult:
     if metrics_out is not None:
         ensure_writable_dir(Path(metrics_out).parent)
     with locked(run_dir):
@@ -238,7 +281,7 @@ def unlearn_run(
         if len(new_ids) == 0:
             seconds = time.perf_counter() - started
             return UnlearnResult(run.path, run.info.method, len(requested), new_ids, True, seconds, run.model_path)
-        entry = _apply_deletion(run, splits, request, requested, new_ids, baseline, progress, started)
+        entry = _apply_deletion(run, splits, request, requested, new_ids, baseline, progress, started, executor)
     if metrics_out is not None:
         atomic_write_json(metrics_out, entry["metrics"] | {"deletion": entry["number"]})
     seconds = time.perf_counter() - started
@@ -254,6 +297,7 @@ def _apply_deletion(
     baseline: bool,
     progress: bool,
     started: float,
+    executor: Executor,
 ) -> dict[str, Any]:
     """Unlearn `new_ids` on a staged copy of the run that replaces it whole; returns the log entry."""
     deleted = np.union1d(run.deleted_ids(), new_ids)
@@ -261,7 +305,7 @@ def _apply_deletion(
     # the unlearning nor the retraining timer is charged for it
     import torch._dynamo  # noqa: F401
 
-    method = method_for(run.spec, splits.train, run.info.training)
+    method = _on(method_for(run.spec, splits.train, run.info.training), executor)
     method.check_files(run.path)
     with updating(run) as staging:
         metrics, touched, exported = _delete(

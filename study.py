@@ -16,6 +16,12 @@ made from the same spec on the same model file. Before the deletion, a copy of M
 changing only the property, the bounds or the attack re-checks M and M' without retraining. The
 spec's `study` section only presents the results: the cells carry its default, so a new headline
 re-renders the tables and re-checks nothing.
+
+Parallel: with a `compute` section (or `--workers`/`--scheduler`) the cells are the tasks: each runs
+whole (train, check, unlearn, check) on a worker, its progress lines echoed here in grid order when it
+is done, the shards inside it serial (one level of parallelism: 4 cells a data set). A cell writes its
+own run directory, so on a cluster `out` must be on a file system that every worker mounts at the same
+path; a worker that does not see it says so.
 """
 
 from __future__ import annotations
@@ -38,14 +44,22 @@ import yaml
 from tqdm import tqdm
 
 from uverify import __version__
+from uverify.compute import Executor, open_executor
 from uverify.datasets import Domain, Splits, load
 from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
-from uverify.files import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
+from uverify.files import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_writable_dir,
+    remove_stale_temp_files,
+    sha256_file,
+)
 from uverify.kinds import Training, UnlearningMethod
 from uverify.pipeline import train_run, unlearn_run
 from uverify.rundir import DeleteRequest, Run, RunDir, When, is_run, keep_m, locked, open_run
-from uverify.specs.schema import Spec, StudySpec, spec_sha256
+from uverify.specs.schema import ComputeSpec, Spec, StudySpec, spec_sha256
 from uverify.study_report import Figure, Page, Section, Table, section_markdown, table_markdown, write_html
 from uverify.verifier.check import check
 from uverify.verifier.report import EpsilonResult, Report, load_report, save_report
@@ -138,9 +152,10 @@ class StudyResult:
 
 
 def cell_spec(spec: Spec, method: UnlearningMethod) -> Spec:
-    """The spec a cell's run is made from: the method set, the study's own section left at its default."""
+    """The spec a cell's run is made from: the method set, the study's own and the compute sections
+    left at their defaults (they never change a result)."""
     unlearning = spec.unlearning.model_copy(update={"method": method})
-    return spec.model_copy(update={"unlearning": unlearning, "study": StudySpec()})
+    return spec.model_copy(update={"unlearning": unlearning, "study": StudySpec(), "compute": ComputeSpec()})
 
 
 def study(
@@ -150,9 +165,11 @@ def study(
     methods: tuple[str, ...] = METHODS,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    compute: ComputeSpec | None = None,
 ) -> StudyResult:
     """Run (or resume) the whole grid on each spec, one row per data set, and write the tables, plots
-    and report.html into `out` (locked meanwhile)."""
+    and report.html into `out` (locked meanwhile). `compute` (default: the specs' common section) is
+    where the cells run."""
     started = time.perf_counter()
     out = Path(out)
     chosen = [specs] if isinstance(specs, Spec) else list(specs)
@@ -162,12 +179,19 @@ def study(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UverifyError(f"the study's specs need distinct names (one row each); named twice: {', '.join(twice)}")
-    ensure_writable_dir(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UverifyError(f"study methods must be among {', '.join(METHODS)}; got {', '.join(methods) or 'none'}")
-    with locked(out):
-        return _study(chosen, out, methods, progress, echo, started)
+    if compute is None:
+        sections = {s.compute for s in chosen}
+        if len(sections) > 1:
+            raise UverifyError("the study's specs have different compute sections; give --workers or --scheduler")
+        compute = chosen[0].compute
+    with open_executor(compute) as executor:  # before anything is written: an unreachable scheduler changes nothing
+        ensure_writable_dir(out)
+        with locked(out):
+            remove_stale_temp_files(out)  # a study killed between writing a table and renaming it
+            return _study(chosen, out, methods, progress, echo, started, executor)
 
 
 @contextmanager
@@ -186,7 +210,13 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _study(
-    specs: list[Spec], out: Path, methods: tuple[str, ...], progress: bool, echo: Callable[[str], None], started: float
+    specs: list[Spec],
+    out: Path,
+    methods: tuple[str, ...],
+    progress: bool,
+    echo: Callable[[str], None],
+    started: float,
+    executor: Executor,
 ) -> StudyResult:
     cells: list[CellResult] = []
     # one bar over the whole grid (cells done / total, ETA) above the inner ones; none off a terminal
@@ -195,11 +225,19 @@ def _study(
         disable=None if progress else True, position=0,
     )  # fmt: skip
     try:
-        for spec in specs:
-            folder = out / spec.name if len(specs) > 1 else out
-            label = f"{spec.name}: " if len(specs) > 1 else ""
-            with torch_threads(spec.study.threads):
-                cells += _dataset_cells(spec, folder, methods, progress, echo, label, grid.update)
+        if executor.kind == "serial":
+            for spec in specs:
+                folder = out / spec.name if len(specs) > 1 else out
+                label = f"{spec.name}: " if len(specs) > 1 else ""
+                with torch_threads(spec.study.threads):
+                    cells += _dataset_cells(spec, folder, methods, progress, echo, label, grid.update)
+        else:
+            out.mkdir(parents=True, exist_ok=True)  # so that a worker can tell whether it sees the folder
+            for cell, lines in executor.map(_cell_task, _cell_tasks(specs, out, methods, echo)):
+                for line in lines:
+                    echo(line)
+                cells.append(cell)
+                grid.update()
     finally:
         grid.close()
     headline = {spec.name: spec.headline_epsilon() for spec in specs}
@@ -266,12 +304,7 @@ def _dataset_cells(
     label: str,
     cell_done: Callable[[], object],
 ) -> list[CellResult]:
-    splits = load(spec.data)
-    train, test = splits.train, splits.test
-    counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
-    echo(f"{spec.name}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
-    echo(format_class_balance({"class_counts": counts}))
-    samples, domain = samples_from_spec(spec, splits=splits)
+    splits, samples, domain = _prepare(spec, echo)
     cells = []
     for method in methods:
         for training in TRAININGS:
@@ -279,6 +312,49 @@ def _dataset_cells(
             cells.append(_run_locked(cell, splits, samples, domain, progress, echo))
             cell_done()
     return cells
+
+
+def _prepare(spec: Spec, echo: Callable[[str], None]) -> tuple[Splits, Samples, Domain]:
+    """A data set's splits and the samples its checks use; says how many and how balanced."""
+    splits = load(spec.data)
+    train, test = splits.train, splits.test
+    counts = {"train": class_counts(train.y, train.class_names), "test": class_counts(test.y, train.class_names)}
+    echo(f"{spec.name}: {len(train)} train / {len(test)} test samples, {train.num_classes} classes")
+    echo(format_class_balance({"class_counts": counts}))
+    samples, domain = samples_from_spec(spec, splits=splits)
+    return splits, samples, domain
+
+
+def _cell_tasks(
+    specs: list[Spec], out: Path, methods: tuple[str, ...], echo: Callable[[str], None]
+) -> Iterator[tuple[Any, ...]]:
+    """The grid's cells as tasks for `_cell_task`, in the serial grid's order, each with its data set's
+    splits and samples (loaded here once per data set, shipped to the worker)."""
+    for spec in specs:
+        folder = out / spec.name if len(specs) > 1 else out
+        label = f"{spec.name}: " if len(specs) > 1 else ""
+        with torch_threads(spec.study.threads):
+            splits, samples, domain = _prepare(spec, echo)
+        for method in methods:
+            for training in TRAININGS:
+                cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder)
+                yield cell, splits, samples, domain, spec.study.threads, out
+
+
+def _cell_task(
+    cell: _Cell, splits: Splits, samples: Samples, domain: Domain, threads: int | None, out: Path
+) -> tuple[CellResult, list[str]]:
+    """One cell on a worker: its result and the progress lines it would have echoed."""
+    if not out.is_dir():
+        import socket
+
+        raise UverifyError(
+            f"study folder {out} is not visible on the worker at {socket.gethostname()}: a study on a cluster "
+            "needs its --out on a file system every worker mounts at the same path"
+        )
+    lines: list[str] = []
+    with torch_threads(threads):
+        return _run_locked(cell, splits, samples, domain, False, lines.append), lines
 
 
 @dataclass(frozen=True)

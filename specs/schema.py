@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -295,6 +296,48 @@ class StudySpec(_Strict):
     )
 
 
+def _check_address(value: str | None) -> str | None:
+    """A Dask scheduler address as `tcp://HOST:PORT` (or tls://): anything else would be guessed at."""
+    if value is None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or scheme not in ("tcp", "tls") or not colon or not host or "/" in rest or not port.isdigit():
+        raise ValueError("must look like tcp://HOST:PORT")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return value
+
+
+class ComputeSpec(_Strict):
+    """Where independent tasks (SISA shards, study cells) run; it never changes a result, so it is left
+    out of every spec hash and of the spec a run records (compute.py)."""
+
+    executor: Literal["serial", "processes", "dask"] = Field(
+        "serial", description="serial (the reference), a local process pool, or Dask distributed"
+    )
+    workers: PosInt | None = Field(
+        None, description="processes / Dask LocalCluster workers (default: the CPU count); with an address, wait for N"
+    )
+    address: Annotated[str | None, AfterValidator(_check_address)] = Field(
+        None, description="a running Dask scheduler, tcp://HOST:PORT; without it, dask starts a LocalCluster"
+    )
+
+    @model_validator(mode="after")
+    def _fits_executor(self) -> ComputeSpec:
+        problem = None
+        if self.executor == "serial" and self.workers is not None:
+            problem = ("workers", "the serial executor runs one task at a time; choose processes or dask")
+        elif self.executor != "dask" and self.address is not None:
+            problem = ("address", "only the dask executor connects to a scheduler")
+        if problem is not None:
+            error = PydanticCustomError("value_error", problem[1])
+            raise ValidationError.from_exception_data(
+                "ComputeSpec", [InitErrorDetails(type=error, loc=(problem[0],), input=getattr(self, problem[0]))]
+            )
+        return self
+
+
 class Spec(_Strict):
     name: str = Field(min_length=1)
     data: DataSpec
@@ -306,6 +349,7 @@ class Spec(_Strict):
     attack: AttackSpec = Field(default_factory=AttackSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     study: StudySpec = Field(default_factory=StudySpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
 
     @model_validator(mode="after")
     def _headline_in_sweep(self) -> Spec:
@@ -320,10 +364,13 @@ class Spec(_Strict):
 
     @model_serializer(mode="wrap")
     def _drop_default_study(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """A spec without a `study` section dumps, and so hashes, as it did before the section existed."""
+        """A spec without a `study` or `compute` section dumps, and so hashes, as it did before the
+        section existed."""
         data = handler(self)
         if isinstance(data, dict) and self.study == StudySpec():
             data.pop("study", None)
+        if isinstance(data, dict) and self.compute == ComputeSpec():
+            data.pop("compute", None)
         return data
 
     def headline_epsilon(self) -> float:
@@ -351,6 +398,7 @@ class CheckSpec(_Strict):
 
 
 def spec_sha256(spec: Spec | CheckSpec) -> str:
-    """A stable hash of the validated spec (defaults filled in), recorded in every exported model."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A stable hash of the validated spec (defaults filled in), recorded in every exported model; the
+    `compute` section is left out (where tasks run never changes what they compute)."""
+    canonical = json.dumps(spec.model_dump(mode="json", exclude={"compute"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

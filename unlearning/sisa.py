@@ -17,6 +17,12 @@ Aggregation: mean_logits (default) and mean_softmax are one torch module, export
 (an Add chain times 1/S: auto_LiRPA 0.3 cannot bound torch.stack(...).mean(0)) so CROWN bounds the
 whole ensemble; majority_vote counts each shard's argmax (ties go to the lowest class) and is exported
 shard by shard with a vote manifest (see models/vote.py).
+
+Parallel: a shard's training (from scratch, or from a checkpoint after a deletion) is one pure task,
+`train_shard`: it gets the shard's data and starting checkpoint as arrays and bytes, and returns its
+checkpoints and weights, which this process writes into the run. So the shards run on any executor
+(compute.py) and the workers need neither the data files nor the run directory; every shard carries
+its own seed, so serial, process-pool and Dask runs write the same bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from uverify.compute import SERIAL, Executor, TaskFuture
 from uverify.datasets import Dataset
 from uverify.errors import UverifyError, one_line
 from uverify.files import atomic_write, atomic_write_bytes, atomic_write_npz, read_npz
@@ -151,6 +158,73 @@ class SliceLog:
         return self.__dict__.copy()
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one shard's training needs, picklable for any executor's worker."""
+
+    spec: Spec
+    adversarial: AdversarialSpec | None
+    shard: int
+    first: int  # the first slice step to train (0-based); the checkpoint after first-1 is `start`
+    data: Dataset  # the shard's ids in slices first.. (deleted ones left out), in manifest order
+    slice_of: np.ndarray  # each row's slice (0-based): step r trains on the rows with slice_of <= r
+    epochs: int  # per slice step
+    start: bytes | None  # the checkpoint after slice first-1; None when first == 0
+    start_name: str  # that checkpoint's path, for its error message
+    progress: bool
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    checkpoints: list[bytes]  # after each slice step first..R-1
+    weights: dict[str, torch.Tensor]  # the final model's
+    logs: list[SliceLog]
+    seconds: float
+
+
+def train_shard(task: ShardTask) -> ShardResult:
+    """Train one shard from its start (fresh or a checkpoint) through its last slice: a pure function
+    of the task, so it gives the same bytes in any process."""
+    started = time.perf_counter()
+    trainer = _trainer(task)
+    slices = task.spec.unlearning.sisa.slices
+    checkpoints, logs = [], []
+    for r in range(task.first, slices):
+        data = task.data.subset(np.flatnonzero(task.slice_of <= r))
+        step_started = time.perf_counter()
+        history = []
+        if len(data):  # every earlier slice deleted: nothing to train on yet, the model stays as it is
+            history = trainer.fit(
+                data, task.epochs, progress=task.progress,
+                desc=f"shard {task.shard + 1}/{task.spec.unlearning.sisa.shards} slice {r + 1}",
+            )  # fmt: skip
+        checkpoints.append(_checkpoint_bytes(trainer.state_dict()))
+        logs.append(
+            SliceLog(
+                task.shard, r + 1, len(data), task.epochs, history[-1].loss if history else None,
+                time.perf_counter() - step_started,
+            )
+        )  # fmt: skip
+    weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
+    return ShardResult(task.shard, checkpoints, weights, logs, time.perf_counter() - started)
+
+
+def _trainer(task: ShardTask) -> Trainer:
+    """The shard's trainer, fresh or as its starting checkpoint left it."""
+    seed = shard_seed(task.spec.train.seed, task.shard)
+    model = build_model(task.spec.model, task.data.input_shape, task.data.num_classes, seed=seed)
+    spec = task.spec
+    trainer = Trainer(model, spec.train, adversarial=task.adversarial, norm=spec.property.norm, seed=seed)
+    if task.start is not None:
+        try:
+            trainer.load_state_dict(torch.load(io.BytesIO(task.start), weights_only=True))
+        except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            raise UverifyError(f"SISA checkpoint {task.start_name}: not readable ({one_line(exc)})") from None
+        trainer.model.eval()
+    return trainer
+
+
 class Sisa:
     """Training, loading, deletion and export of a SISA ensemble inside a run directory."""
 
@@ -164,6 +238,7 @@ class Sisa:
         self.epochs = slice_epochs(spec.train.epochs, self.cfg.slices)
         order = np.argsort(train.ids)
         self._sorted_ids, self._order = train.ids[order], order
+        self.executor: Executor = SERIAL  # where the shards train (the pipeline sets the command's)
 
     # ------------------------------------------------------------------------------------ files
     @staticmethod
@@ -208,11 +283,11 @@ class Sisa:
         manifest = manifest or Manifest.build(self.train.ids, self.cfg.shards, self.cfg.slices, self.spec.train.seed)
         exclude = np.zeros(0, np.int64) if exclude is None else exclude
         manifest.save(self._manifest_file(run))
+        futures = [self._train_shard(run, manifest, k, 0, exclude, progress) for k in range(self.cfg.shards)]
         members, logs = [], []
-        for k in range(self.cfg.shards):
-            trainer, shard_logs = self._train_shard(run, manifest, k, 0, exclude, progress)
-            members.append(trainer.model)
-            logs += [log.to_json() for log in shard_logs]
+        for result in self.executor.gather(futures):
+            members.append(self._write_shard(run, result, 0))
+            logs += [log.to_json() for log in result.logs]
         return SisaEnsemble(members, self.cfg.aggregation), logs
 
     def retrain(self, run: Path, deleted: np.ndarray, scratch: Path, *, progress: bool = True) -> SisaEnsemble:
@@ -249,18 +324,19 @@ class Sisa:
                 raise UverifyError(
                     f"deleting these ids leaves SISA shard {int(k)} without training data; use fewer shards"
                 )
-        for k in map(int, np.unique(shard)):
-            first = int(slice_[shard == k].min())
-            started = time.perf_counter()
-            _, logs = self._train_shard(run, manifest, k, first, deleted, progress)
+        firsts = {k: int(slice_[shard == k].min()) for k in map(int, np.unique(shard))}
+        futures = [self._train_shard(run, manifest, k, first, deleted, progress) for k, first in firsts.items()]
+        for result in self.executor.gather(futures):
+            k, first = result.shard, firsts[result.shard]
+            self._write_shard(run, result, first)
             touched.append(
                 {
                     "shard": k,
                     "from_slice": first + 1,
                     "slices_retrained": self.cfg.slices - first,
                     "ids": int((shard == k).sum()),
-                    "samples_seen": int(sum(log.samples * log.epochs for log in logs)),
-                    "seconds": time.perf_counter() - started,
+                    "samples_seen": int(sum(log.samples * log.epochs for log in result.logs)),
+                    "seconds": result.seconds,
                 }
             )
         return self.load(run), touched
@@ -281,54 +357,51 @@ class Sisa:
         ops = sorted({op for r in reports for op in r.ops})
         return ExportReport(folder.vote_file, max(r.max_abs_diff for r in reports), ops, reports[0].opset)
 
-    def _trainer(self, shard: int, run: Path | None = None, after_slice: int = -1) -> Trainer:
-        """Shard `shard`'s trainer, fresh (after_slice -1) or as the checkpoint after `after_slice` left it."""
-        seed = shard_seed(self.spec.train.seed, shard)
-        model = build_model(self.spec.model, self.train.input_shape, self.train.num_classes, seed=seed)
-        trainer = Trainer(model, self.spec.train, adversarial=self.adversarial, norm=self.spec.property.norm, seed=seed)
-        if after_slice >= 0:
-            assert run is not None
-            path = self.checkpoint(run, shard, after_slice)
-            try:
-                state = torch.load(path, weights_only=True)
-                trainer.load_state_dict(state)
-            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-                raise UverifyError(f"SISA checkpoint {path}: not readable ({one_line(exc)})") from None
-            trainer.model.eval()
-        return trainer
-
     def _train_shard(
         self, run: Path, manifest: Manifest, shard: int, first: int, exclude: np.ndarray, progress: bool
-    ) -> tuple[Trainer, list[SliceLog]]:
-        trainer = self._trainer(shard, run, first - 1)
-        logs = []
-        for r in range(first, self.cfg.slices):
-            data = self._subset(manifest.members(shard, r, exclude))
-            started = time.perf_counter()
-            history = []
-            if len(data):  # every earlier slice deleted: nothing to train on yet, the model stays as it is
-                history = trainer.fit(
-                    data, self.epochs, progress=progress, desc=f"shard {shard + 1}/{self.cfg.shards} slice {r + 1}"
-                )
-            state = trainer.state_dict()
-            atomic_write_bytes(self.checkpoint(run, shard, r), _checkpoint_bytes(state))
-            logs.append(
-                SliceLog(
-                    shard, r + 1, len(data), self.epochs, history[-1].loss if history else None,
-                    time.perf_counter() - started,
-                )
-            )  # fmt: skip
-        weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
-        atomic_write(self.weights(run, shard), lambda tmp: save_file(weights, str(tmp)))
-        trainer.model.eval()
-        return trainer, logs
+    ) -> TaskFuture[ShardResult]:
+        """Submit shard `shard`'s training from slice `first` (0: from scratch) to the executor."""
+        members = manifest.members(shard, self.cfg.slices - 1, exclude)
+        _, slice_of = manifest.locate(members)
+        start, start_name = None, ""
+        if first > 0:
+            path = self.checkpoint(run, shard, first - 1)
+            start_name = str(path)
+            try:
+                start = path.read_bytes()
+            except OSError as exc:
+                raise UverifyError(f"SISA checkpoint {path}: not readable ({one_line(exc)})") from None
+        task = ShardTask(
+            self.spec, self.adversarial, shard, first, self._subset(members), slice_of, self.epochs, start,
+            start_name, progress and self.executor.kind == "serial",
+        )  # fmt: skip
+        return self.executor.submit(train_shard, task)
+
+    def _write_shard(self, run: Path, result: ShardResult, first: int) -> nn.Module:
+        """Write a shard's checkpoints and weights into `run`; its final model, as the ensemble's member."""
+        for r, data in enumerate(result.checkpoints, start=first):
+            atomic_write_bytes(self.checkpoint(run, result.shard, r), data)
+        atomic_write(self.weights(run, result.shard), lambda tmp: save_file(result.weights, str(tmp)))
+        model = build_model(self.spec.model, self.train.input_shape, self.train.num_classes, seed=0)
+        model.load_state_dict(result.weights)
+        return model.eval()
 
     def _subset(self, ids: np.ndarray) -> Dataset:
         pos = np.searchsorted(self._sorted_ids, ids)
         return self.train.subset(self._order[pos])
 
 
-__all__ = ["Manifest", "Sisa", "SisaEnsemble", "SliceLog", "shard_seed", "slice_epochs"]
+__all__ = [
+    "Manifest",
+    "ShardResult",
+    "ShardTask",
+    "Sisa",
+    "SisaEnsemble",
+    "SliceLog",
+    "shard_seed",
+    "slice_epochs",
+    "train_shard",
+]
 
 
 def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
