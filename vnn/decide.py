@@ -309,7 +309,8 @@ class AttackStage:
 
     First from the box's centre (untargeted, then aimed at each disjunct in turn), then `rounds` batches
     of random starts, as many per batch as `values` input values allow (at most `max_batch`): a
-    5-input ACAS Xu box gets 1024 starts a batch, a 784-pixel image 64. Stops at the deadline."""
+    5-input ACAS Xu box gets 1024 starts a batch, a 784-pixel image 64. Stops after `share` of the time
+    left (the stages after it need the rest)."""
 
     def __init__(
         self,
@@ -320,7 +321,9 @@ class AttackStage:
         values: int = 50_000,
         max_batch: int = 1024,
         seed: int = 0,
+        share: float = 0.2,
     ) -> None:
+        self.share = share  # of the time left: PGD is a cheap first try, not where the budget should go
         self.name = name
         self.steps = steps
         self.rounds = rounds
@@ -330,10 +333,12 @@ class AttackStage:
 
     def __call__(self, problem: Problem, deadline: Deadline) -> Sequence[Candidate]:
         generator = torch.Generator().manual_seed(self.seed)
+        left = deadline.remaining()
+        mine = deadline if not math.isfinite(left) else Deadline.until(time.monotonic() + self.share * max(0.0, left))
         for p, b, ks in problem.open_boxes():
             prop = problem.properties[p]
             box = prop.boxes[b]
-            head = SlackLogits(problem.flat_module(), box, [prop.violation[k] for k in ks], deadline)
+            head = SlackLogits(problem.flat_module(), box, [prop.violation[k] for k in ks], mine)
             n = len(box.lower)
             batch = max(8, min(self.max_batch, self.values // max(n, 1)))
             zero = torch.zeros((1, n))
@@ -463,7 +468,7 @@ class BabStage:
     open boxes in turn, each getting an equal part of what remains (a box that finishes early leaves
     its time to the next). A box BaB cannot finish stays open, with the stop reason in the notes."""
 
-    def __init__(self, name: str = "BaB", *, mode: str = "auto", memory_mb: float = 2048.0, margin_s: float = 1.0):
+    def __init__(self, name: str = "BaB", *, mode: str = "auto", memory_mb: float = 2048.0, margin_s: float = 3.0):
         self.name = name
         self.mode = mode
         self.memory_mb = memory_mb
