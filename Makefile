@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-faults bench-startup bench-export lint bench bench-sisa bench-amnesiac bench-loan clean
+.PHONY: demo test test-faults bench-startup bench-export lint bench bench-sisa bench-amnesiac bench-loan bench-parallel clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loan.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/parallel.py
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
@@ -48,6 +49,11 @@ bench-sisa: $(STAMP)
 
 bench-amnesiac: $(STAMP)
 	$(BIN)/python bench/amnesiac.py
+
+# 2 workers against serial (SISA training and a deletion on the loan fixture, the demo study) and the
+# Dask path's overhead at 1 worker; dask[distributed] comes with the install step (setup.cfg)
+bench-parallel: $(STAMP)
+	$(BIN)/python bench/parallel.py
 
 bench-loan: $(STAMP)
 	$(BIN)/python bench/loan.py

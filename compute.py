@@ -150,12 +150,11 @@ class ProcessExecutor(_Parallel):
 
     kind = "processes"
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, threads: int | None = None) -> None:
         self.workers = workers
         context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_setup, initargs=(threads_per_worker(workers),)
-        )
+        threads = threads or threads_per_worker(workers)
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=(threads,))
 
     def submit(self, fn: Callable[..., R], /, *args: Any) -> TaskFuture[R]:
         return self.pool.submit(fn, *args)
@@ -214,7 +213,7 @@ def _connect(compute: ComputeSpec) -> tuple[Any, Any, int]:
                 scheduler_port=0,
                 dashboard_address=None,  # no dashboard; the scheduler's health/metrics server on loopback, any port
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # its teardown chatter; task errors come back through the futures
             )
         except Exception as exc:
             raise UverifyError(f"dask: cannot start a local cluster ({one_line(exc, with_type=True)})") from None
@@ -256,7 +255,7 @@ def open_executor(compute: ComputeSpec | None) -> Iterator[Executor]:
         yield SERIAL
         return
     if compute.executor == "processes":
-        pool = ProcessExecutor(compute.workers or (os.cpu_count() or 1))
+        pool = ProcessExecutor(compute.workers or (os.cpu_count() or 1), compute.threads)
         try:
             yield pool
         finally:
@@ -265,7 +264,7 @@ def open_executor(compute: ComputeSpec | None) -> Iterator[Executor]:
     client, cluster, workers = _connect(compute)
     try:
         # a remote worker's cores are its own: one thread per task slot (start workers with --nthreads 1)
-        threads = threads_per_worker(workers) if cluster is not None else 1
+        threads = compute.threads or (threads_per_worker(workers) if cluster is not None else 1)
         client.run(_worker_setup, threads)
         yield DaskExecutor(client, workers, threads)
     finally:

@@ -33,7 +33,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,10 +233,12 @@ def _study(
                     cells += _dataset_cells(spec, folder, methods, progress, echo, label, grid.update)
         else:
             out.mkdir(parents=True, exist_ok=True)  # so that a worker can tell whether it sees the folder
-            for cell, lines in executor.map(_cell_task, _cell_tasks(specs, out, methods, echo)):
+            tasks = list(_cell_tasks(specs, out, methods, echo))
+            results = executor.map(_cell_task, [args for args, _ in tasks])
+            for (_, run), (cell, lines) in zip(tasks, results, strict=True):
                 for line in lines:
                     echo(line)
-                cells.append(cell)
+                cells.append(replace(cell, run=run))  # the run as this process names it (maybe relative)
                 grid.update()
     finally:
         grid.close()
@@ -327,9 +329,11 @@ def _prepare(spec: Spec, echo: Callable[[str], None]) -> tuple[Splits, Samples, 
 
 def _cell_tasks(
     specs: list[Spec], out: Path, methods: tuple[str, ...], echo: Callable[[str], None]
-) -> Iterator[tuple[Any, ...]]:
-    """The grid's cells as tasks for `_cell_task`, in the serial grid's order, each with its data set's
-    splits and samples (loaded here once per data set, shipped to the worker)."""
+) -> Iterator[tuple[tuple[Any, ...], Path]]:
+    """The grid's cells, in the serial grid's order, as (the arguments of `_cell_task`, the cell's run
+    directory as named here): each with its data set's splits and samples (loaded here once per data
+    set, shipped to the worker) and its folders made absolute (a worker's working directory is not
+    this one)."""
     for spec in specs:
         folder = out / spec.name if len(specs) > 1 else out
         label = f"{spec.name}: " if len(specs) > 1 else ""
@@ -337,8 +341,9 @@ def _cell_tasks(
             splits, samples, domain = _prepare(spec, echo)
         for method in methods:
             for training in TRAININGS:
-                cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder)
-                yield cell, splits, samples, domain, spec.study.threads, out
+                cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder.absolute())
+                run = _Cell(cell.spec, spec.name, label, training, folder).run_dir
+                yield (cell, splits, samples, domain, spec.study.threads, out.absolute()), run
 
 
 def _cell_task(

@@ -7,12 +7,15 @@ in one run (compute.py's executors):
 
 Each case runs serially (the reference), on Dask with 2 workers and on a local pool of 2 processes,
 and (a) also on Dask with 1 worker. "cold" is what a command pays end to end (the cluster's start,
-the workers' torch import, the tasks, the teardown); "warm" reuses an open executor (tasks only), what
-a long-lived cluster gives. Every parallel run's files are checked byte for byte against the serial
-run's. The machine's load average is printed before and after: on a shared machine a ratio is only
-as good as the cores it got.
+the workers' torch import, the tasks, the teardown); "warm" reuses an open executor (tasks only),
+what a long-lived cluster gives. Every parallel run's files are checked byte for byte against the
+serial run's. "busy cores" is how many of the machine's cores were busy during each run, ours and
+every other process's (with the load average before and after): on a shared machine a ratio is only
+as good as the cores it got. Every run, serial and each worker, uses one torch thread
+(`compute.threads: 1`; serially `torch.set_num_threads(1)`): the bench prints a training step's time
+at 1 and at torch's default thread count, which on a busy machine differ many times over.
 
-Run: `.venv/bin/python bench/parallel.py [--loan-rows 20000] [--epochs 6] [--skip-study]`.
+Run: `make bench-parallel` or `.venv/bin/python bench/parallel.py [--loan-rows 60000] [--epochs 40] [--skip-study]`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import psutil
+import torch
 
 from uverify.compute import SERIAL, Executor, open_executor
 from uverify.datasets import Splits, load
@@ -38,9 +43,11 @@ from uverify.study import study
 from uverify.testing.loan import write_loan_csv
 from uverify.unlearning.sisa import Manifest, Sisa
 
-DASK2 = ComputeSpec(executor="dask", workers=2)
-DASK1 = ComputeSpec(executor="dask", workers=1)
-POOL2 = ComputeSpec(executor="processes", workers=2)
+# one torch thread in every run, serial and each worker alike (see `step_ms`: on a busy machine torch's
+# default of one thread per core makes every step wait for the slowest core)
+DASK2 = ComputeSpec(executor="dask", workers=2, threads=1)
+DASK1 = ComputeSpec(executor="dask", workers=1, threads=1)
+POOL2 = ComputeSpec(executor="processes", workers=2, threads=1)
 
 
 def files_digest(folder: Path) -> str:
@@ -57,6 +64,21 @@ def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+class Timing(NamedTuple):
+    seconds: float
+    busy: float  # cores the whole machine kept busy meanwhile (ours and every other process's)
+
+
+def measure(fn: Callable[[], Any]) -> Timing:
+    """Wall time, and how many of the machine's cores were busy: on a shared machine, what the other
+    processes took is what our workers did not get."""
+    before = psutil.cpu_times()
+    seconds = timed(fn)
+    after = psutil.cpu_times()
+    busy = sum(getattr(after, f) - getattr(before, f) for f in ("user", "system", "nice", "irq", "softirq"))
+    return Timing(seconds, busy / seconds)
 
 
 def loan_spec(csv: Path, epochs: int) -> Spec:
@@ -78,33 +100,37 @@ def sisa_fit(spec: Spec, splits: Splits, folder: Path, executor: Executor) -> No
 
 class Table:
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, float, float, str]] = []
+        print(f"  {'case':<41} {'how':<22} {'seconds':>10}  {'ratio':>6}  {'busy cores':>10}  files")
 
-    def add(self, case: str, how: str, seconds: float, serial: float, same: bool | None) -> None:
+    def add(self, case: str, how: str, timing: Timing, serial: Timing, same: bool | None) -> None:
         check = "-" if same is None else ("identical" if same else "DIFFERENT")
-        self.rows.append((case, how, seconds, serial / seconds, check))
-        print(f"  {case:<34} {how:<22} {seconds:8.2f} s  {serial / seconds:5.2f}x  {check}", flush=True)
+        ratio = serial.seconds / timing.seconds
+        print(
+            f"  {case:<41} {how:<22} {timing.seconds:8.2f} s  {ratio:5.2f}x  {timing.busy:10.2f}  {check}", flush=True
+        )
 
 
 def bench_sisa(spec: Spec, splits: Splits, work: Path, table: Table) -> Path:
     """(a): training the S=4 ensemble; returns the serial run (the deletion's starting point)."""
     case = "(a) SISA train S=4 (loan)"
     serial_run = work / "a-serial"
-    serial = timed(lambda: train_run(spec, serial_run, adversarial=False, progress=False))
+    serial = measure(lambda: train_run(spec, serial_run, adversarial=False, progress=False, splits=splits))
     table.add(case, "serial", serial, serial, None)
     reference = files_digest(serial_run)
     for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2), ("dask 1 worker", DASK1)):
         run = work / f"a-{name.replace(' ', '-')}"
-        seconds = timed(lambda: train_run(spec, run, adversarial=False, progress=False, compute=compute))
+        seconds = measure(
+            lambda: train_run(spec, run, adversarial=False, progress=False, splits=splits, compute=compute)
+        )
         table.add(case, f"{name}, cold", seconds, serial, files_digest(run) == reference)
     # warm: the shards alone, on an executor already open (serial measured the same way)
-    warm_serial = timed(lambda: sisa_fit(spec, splits, work / "a-warm-serial", SERIAL))
+    warm_serial = measure(lambda: sisa_fit(spec, splits, work / "a-warm-serial", SERIAL))
     table.add(case + " [shards only]", "serial", warm_serial, warm_serial, None)
     shards_reference = files_digest(work / "a-warm-serial")
     for name, compute in (("dask 2 workers", DASK2), ("dask 1 worker", DASK1)):
         folder = work / f"a-warm-{name.replace(' ', '-')}"
         with open_executor(compute) as executor:
-            seconds = timed(lambda: sisa_fit(spec, splits, folder, executor))
+            seconds = measure(lambda: sisa_fit(spec, splits, folder, executor))
         same = files_digest(folder) == shards_reference
         table.add(case + " [shards only]", f"{name}, warm", seconds, warm_serial, same)
     return serial_run
@@ -124,13 +150,13 @@ def bench_deletion(serial_run: Path, splits: Splits, work: Path, table: Table) -
     for name in ("serial", "dask 2 workers", "processes 2"):
         runs[name] = work / f"b-{name.replace(' ', '-')}"
         shutil.copytree(serial_run, runs[name])
-    serial = timed(lambda: unlearn_run(runs["serial"], ids=ids, splits=splits, progress=False))
+    serial = measure(lambda: unlearn_run(runs["serial"], ids=ids, splits=splits, progress=False))
     table.add(case, "serial", serial, serial, None)
     reference = files_digest(runs["serial"])
     touched = len(unlearn_touched(runs["serial"]))
     assert touched == 2, touched
     for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2)):
-        seconds = timed(lambda: unlearn_run(runs[name], ids=ids, splits=splits, progress=False, compute=compute))
+        seconds = measure(lambda: unlearn_run(runs[name], ids=ids, splits=splits, progress=False, compute=compute))
         table.add(case, f"{name}, cold", seconds, serial, files_digest(runs[name]) == reference)
 
 
@@ -149,19 +175,19 @@ def bench_study(work: Path, table: Table) -> None:
     case = "(d) demo study (mixture, 4 cells)"
     spec = load_spec("mixture")
     quiet: Callable[[str], None] = lambda line: None  # noqa: E731
-    serial = timed(lambda: study(spec, work / "d-serial", progress=False, echo=quiet))
+    serial = measure(lambda: study(spec, work / "d-serial", progress=False, echo=quiet))
     table.add(case, "serial", serial, serial, None)
     reference = cell_digests(work / "d-serial")
     for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2)):
         out = work / f"d-{name.replace(' ', '-')}"
-        seconds = timed(lambda: study(spec, out, progress=False, echo=quiet, compute=compute))
+        seconds = measure(lambda: study(spec, out, progress=False, echo=quiet, compute=compute))
         table.add(case, f"{name}, cold", seconds, serial, cell_digests(out) == reference)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loan-rows", type=int, default=20_000, help="rows of the generated Lending Club file")
-    parser.add_argument("--epochs", type=int, default=6, help="train.epochs of the loan spec")
+    parser.add_argument("--loan-rows", type=int, default=60_000, help="rows of the generated Lending Club file")
+    parser.add_argument("--epochs", type=int, default=40, help="train.epochs of the loan spec")
     parser.add_argument("--skip-study", action="store_true", help="leave out (d)")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -175,6 +201,14 @@ def main() -> None:
             f"loan: {len(splits.train)} train rows, SISA 4 shards x 2 slices, {args.epochs} epochs, mlp "
             f"{spec.model.hidden}; ratio = serial seconds / these seconds"
         )
+        import torch._dynamo
+
+        default = torch.get_num_threads()
+        print(
+            f"torch threads: 1 in every run; a training step takes {step_ms(1):.1f} ms on 1 thread and "
+            f"{step_ms(default):.1f} ms on torch's default {default} on this machine now"
+        )
+        torch.set_num_threads(1)
         table = Table()
         serial_run = bench_sisa(spec, splits, work, table)
         bench_deletion(serial_run, splits, work, table)
@@ -182,9 +216,42 @@ def main() -> None:
             bench_study(work, table)
         start = timed(lambda: _open_close(DASK2))
         print(f"  a 2-worker LocalCluster's start + teardown alone: {start:.2f} s")
+        print(f"  Dask's round trip per task (no-op tasks, 2 warm workers): {task_overhead() * 1000:.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def step_ms(threads: int, steps: int = 200) -> float:
+    """Milliseconds per training step of the loan-sized MLP (batch 128) at `threads` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                    torch.nn.Linear(64, 2))  # fmt: skip
+        optimizer = torch.optim.Adam(model.parameters())
+        x, y = torch.randn(128, 100, generator=torch.Generator().manual_seed(0)), torch.zeros(128, dtype=torch.long)
+
+        def step() -> None:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                step()
+
+        run(10)
+        return timed(lambda: run(steps)) / steps * 1000
+    finally:
+        torch.set_num_threads(previous)
+
+
+def task_overhead(tasks: int = 200) -> float:
+    """Seconds per task that the scheduler adds: no-op tasks submitted together on an open cluster."""
+    with open_executor(DASK2) as executor:
+        list(executor.map(abs, [(k,) for k in range(20)]))  # connections up
+        return timed(lambda: list(executor.map(abs, [(k,) for k in range(tasks)]))) / tasks
 
 
 def _open_close(compute: ComputeSpec) -> None:

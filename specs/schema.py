@@ -322,12 +322,17 @@ class ComputeSpec(_Strict):
     address: Annotated[str | None, AfterValidator(_check_address)] = Field(
         None, description="a running Dask scheduler, tcp://HOST:PORT; without it, dask starts a LocalCluster"
     )
+    threads: PosInt | None = Field(
+        None, description="torch threads per task (default: cores / workers locally, 1 on a scheduler's workers)"
+    )
 
     @model_validator(mode="after")
     def _fits_executor(self) -> ComputeSpec:
         problem = None
         if self.executor == "serial" and self.workers is not None:
             problem = ("workers", "the serial executor runs one task at a time; choose processes or dask")
+        elif self.executor == "serial" and self.threads is not None:
+            problem = ("threads", "the serial executor keeps torch's threads (a study's: study.threads)")
         elif self.executor != "dask" and self.address is not None:
             problem = ("address", "only the dask executor connects to a scheduler")
         if problem is not None:

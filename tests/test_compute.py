@@ -109,6 +109,8 @@ def test_the_compute_section_changes_no_hash_and_no_recorded_spec() -> None:
         ({"executor": "dask", "address": "tcp://127.0.0.1:0"}, ("compute.address", "between 1 and 65535")),
         ({"executor": "processes", "address": "tcp://127.0.0.1:8786"}, ("compute.address", "only the dask")),
         ({"executor": "dask", "worker": 2}, ("compute.worker", "did you mean 'workers'?")),
+        ({"executor": "serial", "threads": 1}, ("compute.threads", "study.threads")),
+        ({"executor": "processes", "threads": 0}, ("compute.threads", "greater than 0")),
     ],
 )
 def test_a_bad_compute_section_is_one_line(section: dict[str, Any], needles: tuple[str, ...]) -> None:
@@ -243,6 +245,16 @@ def test_a_local_cluster_sets_one_torch_thread_per_core_and_binds_to_loopback() 
 
     with pytest.raises(OSError):  # torn down with the block
         Client(scheduler, timeout=1)
+
+
+def test_a_process_pool_sets_the_threads_asked_for() -> None:
+    import torch
+
+    with open_executor(ComputeSpec(executor="processes", workers=1)) as executor:
+        assert list(executor.map(torch.get_num_threads, [()])) == [threads_per_worker(1)]
+    with open_executor(ComputeSpec(executor="processes", workers=1, threads=1)) as executor:
+        assert list(executor.map(torch.get_num_threads, [()])) == [1]
+        assert list(executor.map(os.getpid, [()])) != [os.getpid()]
 
 
 def test_a_cluster_tears_down_on_an_error() -> None:
@@ -407,3 +419,30 @@ def test_a_worker_with_another_uverify_is_named_with_both_versions(tmp_path: Pat
         assert not out.exists()
     finally:
         _stop(procs)
+
+
+def test_ctrl_c_tears_the_local_cluster_down_and_leaves_no_run(write_spec: Any, tmp_path: Path) -> None:
+    """SIGINT to `uverify train --workers 1` while its shards train: the command ends, its cluster's
+    processes with it, and no run (nor staging folder) is left."""
+    import psutil
+
+    raw = tiny_spec_dict(train={"epochs": 400, "batch_size": 16, "lr": 0.02, "seed": 0})  # minutes, if not stopped
+    spec = write_spec(raw)
+    command = [str(Path(sys.executable).with_name("uverify")), "train", "--spec", str(spec), "--out", "run"]
+    proc = subprocess.Popen([*command, "--workers", "1", "--quiet"], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.rglob("manifest.npz")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list(tmp_path.rglob("manifest.npz")), "training never started"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the worker (and its nanny's processes)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, alive
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "spec.yaml"]
