@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-faults bench-startup bench-export lint bench bench-sisa bench-amnesiac bench-loan bench-parallel clean
+.PHONY: demo test test-faults bench-startup bench-export lint bench bench-sisa bench-amnesiac bench-loan bench-parallel \
+        bench-incremental bench-bab bench-vnncomp bench-demo-pattern clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -37,6 +38,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/parallel.py
+	$(BIN)/python bench/incremental.py
+	$(BIN)/python bench/demo_pattern.py
+	$(BIN)/python bench/vnncomp.py
+	$(BIN)/python bench/bab.py
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
@@ -57,8 +62,22 @@ bench-parallel: $(STAMP)
 
 bench-loan: $(STAMP)
 	$(BIN)/python bench/loan.py
-	$(BIN)/python bench/startup.py
-	$(BIN)/python bench/export.py
+
+# a check of M' reusing unchanged shards' certificates against a full check (verdicts compared)
+bench-incremental: $(STAMP)
+	$(BIN)/python bench/incremental.py
+
+# the unknown samples before and after --complete, and seconds per decided sample
+bench-bab: $(STAMP)
+	$(BIN)/python bench/bab.py
+
+# the shared VNN-COMP instances (../shared/vnncomp): answers, score, prepare and run seconds
+bench-vnncomp: $(STAMP)
+	$(BIN)/python bench/vnncomp.py
+
+# the demo's study for seeds 0, 1 and 2: does the seed's finding hold for each?
+bench-demo-pattern: $(STAMP)
+	$(BIN)/python bench/demo_pattern.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache
