@@ -34,7 +34,7 @@ from uverify.errors import ExitStatus, UverifyError, one_line
 
 __all__ = ["CAPABILITIES", "NAME", "capability_answer", "main", "solver"]
 
-NAME = "uverify (CROWN and alpha-CROWN bounds through auto_LiRPA, PGD, onnxruntime replay)"
+NAME = "uverify (CROWN and alpha-CROWN bounds through auto_LiRPA, PGD, branch and bound, onnxruntime replay)"
 OPSET_RANGE = ("8", "18")  # the importer's converters follow each op's changes up to opset 18
 CAPABILITIES: dict[str, str] = {
     "onnx-opset-versions": "\n".join(OPSET_RANGE),
