@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+# The public VNN-COMP instances the project's tests read: ../shared/vnncomp beside the repository, or
+# $UVERIFY_VNNCOMP. They are third-party files this repository does not ship, so a machine without them
+# skips those tests, naming the folder it looked in, rather than failing.
+VNNCOMP = Path(os.environ.get("UVERIFY_VNNCOMP", Path(__file__).resolve().parents[1].parent / "shared" / "vnncomp"))
+NO_VNNCOMP = f"the VNN-COMP instances are not at {VNNCOMP} (set UVERIFY_VNNCOMP to their folder)"
+
+
+def vnncomp_file(relative: str) -> Path:
+    """A file of the shared VNN-COMP instances; the test skips (saying where it looked) when it is absent."""
+    path = VNNCOMP / relative
+    if not path.exists():
+        pytest.skip(NO_VNNCOMP)
+    return path
 
 
 def tiny_spec_dict(**overrides: Any) -> dict[str, Any]:

@@ -23,15 +23,9 @@ from uverify.verifier.onnx_import import (
     validate_against_onnxruntime,
 )
 
-VNNCOMP = Path(__file__).resolve().parents[2].parent / "shared" / "vnncomp"
+from helpers import VNNCOMP, vnncomp_file
+
 ATOL = 1e-5
-
-
-def vnncomp(relative: str) -> Path:
-    path = VNNCOMP / relative
-    if not path.exists():
-        pytest.skip(f"VNN-COMP files not found at {VNNCOMP} (CI has them)")
-    return path
 
 
 def make_model(
@@ -484,7 +478,7 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 
 def test_truncated_vnncomp_file(tmp_path: Path) -> None:
-    data = vnncomp("mnistfc/onnx/mnist-net_256x2.onnx").read_bytes()
+    data = vnncomp_file("mnistfc/onnx/mnist-net_256x2.onnx").read_bytes()
     path = tmp_path / "half.onnx"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match=re.escape("half.onnx")):
@@ -636,7 +630,7 @@ def test_torch_export_round_trip(exported: dict[str, tuple[nn.Module, Path, tupl
 
 @pytest.mark.parametrize("net", ["1_1", "1_2", "1_7", "1_9"])
 def test_acasxu(net: str) -> None:
-    path = vnncomp(f"acasxu/onnx/ACASXU_run2a_{net}_batch_2000.onnx")
+    path = vnncomp_file(f"acasxu/onnx/ACASXU_run2a_{net}_batch_2000.onnx")
     imported = import_onnx(path, lower=-0.5, upper=0.5)
     assert imported.input_shape == (1, 1, 5) and imported.output_shape == (5,) and imported.fixed_batch
     # A batch through the module equals onnxruntime run one sample at a time.
@@ -647,7 +641,7 @@ def test_acasxu(net: str) -> None:
 
 
 def test_acasxu_counterexamples_reproduce() -> None:
-    folder = vnncomp("acasxu/counterexamples_vnncomp2022_nnenum")
+    folder = vnncomp_file("acasxu/counterexamples_vnncomp2022_nnenum")
     files = sorted(folder.glob("*.counterexample"))
     assert files
     for file in files:
@@ -663,7 +657,7 @@ def test_acasxu_counterexamples_reproduce() -> None:
 
 
 def test_mnistfc() -> None:
-    path = vnncomp("mnistfc/onnx/mnist-net_256x2.onnx")
+    path = vnncomp_file("mnistfc/onnx/mnist-net_256x2.onnx")
     imported = import_onnx(path)
     assert imported.input_shape == (784, 1) and imported.output_shape == (10,) and imported.fixed_batch
     x = np.random.default_rng(2).uniform(0, 1, (8, 784, 1)).astype(np.float32)

@@ -17,11 +17,10 @@ from uverify.specs.load import validate_spec
 from uverify.verifier.check import check
 from uverify.verifier.samples import Samples
 
-from helpers import tiny_spec_dict
+from helpers import NO_VNNCOMP, VNNCOMP, tiny_spec_dict
 
-VNNCOMP = Path(__file__).resolve().parents[2].parent / "shared" / "vnncomp"
 if not VNNCOMP.is_dir():
-    pytest.skip(f"the VNN-COMP instances are not at {VNNCOMP}", allow_module_level=True)
+    pytest.skip(NO_VNNCOMP, allow_module_level=True)
 
 
 def _mnist_instance(vnnlib: Path, eps: float) -> tuple[np.ndarray, int]:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from uverify.testing.vnn import write_network
 
-# ../shared/vnncomp beside the repository, or $UVERIFY_VNNCOMP
-VNNCOMP = Path(os.environ.get("UVERIFY_VNNCOMP", Path(__file__).resolve().parents[2].parent / "shared" / "vnncomp"))
+from helpers import vnncomp_file
 
 
 @pytest.fixture
 def vnncomp_root() -> Path:
-    if not (VNNCOMP / "ground_truth.csv").is_file():
-        pytest.skip(f"the VNN-COMP instances are not at {VNNCOMP} (set UVERIFY_VNNCOMP)")
-    return VNNCOMP
+    return vnncomp_file("ground_truth.csv").parent
 
 
 @pytest.fixture
