@@ -19,6 +19,7 @@ import importlib.metadata
 import logging
 import multiprocessing
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, CancelledError, Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -175,8 +176,52 @@ class DaskExecutor(_Parallel):
         self.threads = threads
 
     def submit(self, fn: Callable[..., R], /, *args: Any) -> TaskFuture[R]:
-        future: TaskFuture[R] = self.client.submit(_with_threads, self.threads, fn, *args, pure=False)
+        # keyed by the task's own name (not the wrapper's), as the scheduler's logs and dashboard show it
+        key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
+        future: TaskFuture[R] = self.client.submit(_with_threads, self.threads, fn, *args, key=key, pure=False)
         return future
+
+
+class _SubTasks(DaskExecutor):
+    """A Dask task's own sub-tasks (a study cell's SISA shards) on the task's cluster. While it waits
+    for them the task leaves its worker's thread pool (`secede`), so that a waiting task never holds
+    the slot its sub-tasks need (with every slot held by a waiting cell, nothing would run), and it
+    rejoins before going on, which waits for a free slot (no more tasks run than there are slots)."""
+
+    def map(self, fn: Callable[..., R], tasks: Iterable[Sequence[Any]]) -> Iterator[R]:
+        return iter(self.gather([self.submit(fn, *args) for args in tasks]))
+
+    def gather(self, futures: Sequence[TaskFuture[R]]) -> list[R]:
+        from distributed import rejoin, secede
+
+        secede()
+        try:
+            return list(self._results(futures))
+        finally:
+            rejoin()
+
+
+@contextmanager
+def sub_executor() -> Iterator[Executor]:
+    """Where a task's own independent work runs: on the task's Dask cluster when the task runs on a
+    Dask worker (with one torch thread each, as the worker's tasks), else serially (a process pool's
+    workers cannot submit to their pool)."""
+    try:
+        from distributed import get_client, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield SERIAL
+        return
+    client = get_client()
+    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
+    yield _SubTasks(client, workers, _worker_threads())
+
+
+def _worker_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def installed_version() -> str:
@@ -246,10 +291,14 @@ def _connect(compute: ComputeSpec) -> tuple[Any, Any, int]:
 
 
 @contextmanager
-def open_executor(compute: ComputeSpec | None) -> Iterator[Executor]:
+def open_executor(compute: ComputeSpec | Executor | None) -> Iterator[Executor]:
     """The executor a compute section asks for, open for the block and shut down after it, also on an
     error or Ctrl-C (a LocalCluster's processes end with it). Connecting happens before the block, so a
-    scheduler that cannot be reached fails before anything is written."""
+    scheduler that cannot be reached fails before anything is written. An executor already open (a
+    study cell's `sub_executor`) is used as it is and left open."""
+    if compute is not None and not isinstance(compute, ComputeSpec):
+        yield compute
+        return
     compute = compute or ComputeSpec()
     if compute.executor == "serial":
         yield SERIAL
@@ -305,6 +354,7 @@ __all__ = [
     "compute_from_options",
     "installed_version",
     "open_executor",
+    "sub_executor",
     "threads_per_worker",
     "without_compute",
 ]

@@ -95,7 +95,7 @@ def train_run(
     overwrite: bool = False,
     splits: Splits | None = None,
     progress: bool = True,
-    compute: ComputeSpec | None = None,
+    compute: ComputeSpec | Executor | None = None,
 ) -> TrainRun:
     """Train the spec's model (standard or adversarial) with its unlearning method, export it, check it
     with onnxruntime.
@@ -103,7 +103,7 @@ def train_run(
     `out` must be new, an empty folder, or (with `overwrite`) an existing run; it is locked for the whole
     call. Everything is written into a staging folder beside `out` that replaces `out` only when
     complete, so a failed or interrupted run never leaves a directory that mixes files of two runs.
-    `compute` (default: the spec's section) is where SISA's shards train."""
+    `compute` (default: the spec's section, or an executor already open) is where SISA's shards train."""
     started = time.perf_counter()
     final = Path(out).absolute()
     training = Training.ADVERSARIAL if adversarial else Training.STANDARD
@@ -231,7 +231,7 @@ def unlearn_run(
     metrics_out: str | Path | None = None,
     splits: Splits | None = None,
     progress: bool = True,
-    compute: ComputeSpec | None = None,
+    compute: ComputeSpec | Executor | None = None,
 ) -> UnlearnResult:
     """Delete a request (an id file, an id array, a seeded fraction of the training set, or with
     `from_spec` and none of those the run's spec's request) from a run: M' replaces M in the run
@@ -239,8 +239,8 @@ def unlearn_run(
 
     `baseline=True` also retrains from scratch without every deleted id (the gold standard) and adds
     the comparison with it to the metrics, which also go to `metrics_out` when given. A request whose
-    ids are all deleted already is a no-op. `compute` is where SISA's touched shards retrain (a run
-    records no compute section: default serial)."""
+    ids are all deleted already is a no-op. `compute` (a section, or an executor already open) is where
+    SISA's touched shards retrain (a run records no compute section: default serial)."""
     started = time.perf_counter()
     with open_executor(compute) as executor:
         return _unlearn(

@@ -19,9 +19,11 @@ re-renders the tables and re-checks nothing.
 
 Parallel: with a `compute` section (or `--workers`/`--scheduler`) the cells are the tasks: each runs
 whole (train, check, unlearn, check) on a worker, its progress lines echoed here in grid order when it
-is done, the shards inside it serial (one level of parallelism: 4 cells a data set). A cell writes its
-own run directory, so on a cluster `out` must be on a file system that every worker mounts at the same
-path; a worker that does not see it says so.
+is done. On Dask a SISA cell's shards are tasks of their own on the same cluster (`compute.sub_executor`:
+the cell waits for them outside its worker's thread pool), so a study uses more workers than it has
+cells; in a process pool they stay serial inside the cell (a pool's workers cannot submit to it). A
+cell writes its own run directory, so on a cluster `out` must be on a file system that every worker
+mounts at the same path; a worker that does not see it says so.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import yaml
 from tqdm import tqdm
 
 from uverify import __version__
-from uverify.compute import Executor, open_executor
+from uverify.compute import SERIAL, Executor, open_executor, sub_executor
 from uverify.datasets import Domain, Splits, load
 from uverify.datasets.base import class_counts, format_class_balance
 from uverify.errors import UverifyError
@@ -358,8 +360,8 @@ def _cell_task(
             "needs its --out on a file system every worker mounts at the same path"
         )
     lines: list[str] = []
-    with torch_threads(threads):
-        return _run_locked(cell, splits, samples, domain, False, lines.append), lines
+    with torch_threads(threads), sub_executor() as shards:
+        return _run_locked(cell, splits, samples, domain, False, lines.append, shards), lines
 
 
 @dataclass(frozen=True)
@@ -376,19 +378,31 @@ class _Cell:
 
 
 def _run_locked(
-    cell: _Cell, splits: Splits, samples: Samples, domain: Domain, progress: bool, echo: Callable[[str], None]
+    cell: _Cell,
+    splits: Splits,
+    samples: Samples,
+    domain: Domain,
+    progress: bool,
+    echo: Callable[[str], None],
+    shards: Executor = SERIAL,
 ) -> CellResult:
     """One cell, its run directory locked from start to end (a `uverify unlearn` on it meanwhile is refused)."""
     with locked(cell.run_dir):
-        return _run_cell(cell, splits, samples, domain, progress, echo)
+        return _run_cell(cell, splits, samples, domain, progress, echo, shards)
 
 
 def _run_cell(
-    cell: _Cell, splits: Splits, samples: Samples, domain: Domain, progress: bool, echo: Callable[[str], None]
+    cell: _Cell,
+    splits: Splits,
+    samples: Samples,
+    domain: Domain,
+    progress: bool,
+    echo: Callable[[str], None],
+    shards: Executor,
 ) -> CellResult:
     """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
     is already there and still valid; the copy of M lets a changed property or attack re-check M
-    without retraining."""
+    without retraining. SISA's shards train on `shards`."""
     spec, training, run_dir = cell.spec, cell.training, cell.run_dir
     method = spec.unlearning.method
     name = f"{cell.label}{method.display_name} {training}"
@@ -403,7 +417,9 @@ def _run_cell(
     if run is None:
         echo(f"[{name}] training")
         adversarial = training is Training.ADVERSARIAL
-        train_run(spec, run_dir, adversarial=adversarial, overwrite=True, splits=splits, progress=progress)
+        train_run(
+            spec, run_dir, adversarial=adversarial, overwrite=True, splits=splits, progress=progress, compute=shards
+        )
         run = open_run(run_dir)
     else:
         reused.append("train")
@@ -418,7 +434,7 @@ def _run_cell(
         reused.append("check M")
     if run.info.deleted == 0:
         echo(f"[{name}] unlearning ({DeleteRequest.from_spec(spec.unlearning.delete).describe()})")
-        unlearn_run(run_dir, from_spec=True, splits=splits, progress=progress)
+        unlearn_run(run_dir, from_spec=True, splits=splits, progress=progress, compute=shards)
         run = open_run(run_dir)
     else:
         reused.append("unlearn")
