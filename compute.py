@@ -299,7 +299,10 @@ def open_executor(compute: ComputeSpec | Executor | None) -> Iterator[Executor]:
     if compute is not None and not isinstance(compute, ComputeSpec):
         yield compute
         return
-    compute = compute or ComputeSpec()
+    yield from _opened(compute or ComputeSpec())
+
+
+def _opened(compute: ComputeSpec) -> Iterator[Executor]:
     if compute.executor == "serial":
         yield SERIAL
         return
