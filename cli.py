@@ -352,6 +352,7 @@ def _check_run(
     metavar="DIR",
     help="Also write every (sample, epsilon) property as VNN-LIB, with instances.csv and the model, to DIR.",
 )
+@_compute_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(
     spec_ref: str | None,
@@ -370,6 +371,8 @@ def check(
     timeout: float | None,
     external_solver: str | None,
     export_vnnlib: Path | None,
+    workers: int | None,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     """Check the L_p-ball property of an ONNX model: certified (bounds) and empirical (PGD).
@@ -381,6 +384,8 @@ def check(
     --external-solver runs `CMD verify QUERY.vnnlib --network N=MODEL.onnx --timeout S` on each sample
     left unknown: its unsat counts as verified, its sat once onnxruntime replays the assignment.
     --export-vnnlib writes DIR/instances.csv for `uverify vnncomp --instances` or another verifier.
+    With --workers or --scheduler (or the spec's compute section), the sample batches and branch and
+    bound's samples run in parallel on Dask; the report is the serial one.
 
     \b
     Examples:
@@ -388,10 +393,12 @@ def check(
       uverify check --model my_classifier.onnx --samples my_samples.npz --epsilon 0.05
       uverify check --spec mixture --model m.onnx --external-solver "uverify-solver" --export-vnnlib bench/
     """
+    from uverify.compute import compute_from_options
     from uverify.specs.load import check_spec_from_flags, load_spec
     from uverify.verifier.check import check_and_save
     from uverify.verifier.report import render_table
 
+    compute = compute_from_options(workers, scheduler) if workers is not None or scheduler is not None else None
     count, npz = _positive_samples(samples_arg)
     overrides: dict[str, Any] = {}
     method = _either(bounds, old_method, "--bounds")
@@ -408,6 +415,8 @@ def check(
         clash = [flag for flag, value in given.items() if value is not None]
         if clash:
             raise UverifyError(f"--run checks the run's model on the run's spec and samples; drop {', '.join(clash)}")
+        if compute is not None:
+            raise UverifyError("--run reuses certificates in this process; --workers and --scheduler go with --model")
         _check_run(run_dir, overrides, flags, not no_reuse, out, quiet, cross_check, complete, timeout)
         return
     if no_reuse:
@@ -434,7 +443,7 @@ def check(
     external, export = _vnnlib_options(spec, model_path, export_vnnlib)
     report = check_and_save(
         model_path, spec, npz, out, progress=not quiet, cross_check=cross_check, complete=complete, timeout=timeout,
-        external=external, export=export,
+        external=external, export=export, compute=compute,
     )  # fmt: skip
     click.echo(render_table(report))
     if out:

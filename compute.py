@@ -14,15 +14,20 @@ count for these models; the determinism tests check it).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import logging
 import multiprocessing
 import os
+import tempfile
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, CancelledError, Future, ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -361,3 +366,73 @@ __all__ = [
     "threads_per_worker",
     "without_compute",
 ]
+
+
+# ------------------------------------------------------------------ files shipped to workers, cached there
+@dataclass(frozen=True)
+class ShippedFiles:
+    """Files sent to the workers by value (a cluster's workers need not see this machine's paths): each
+    file's path relative to a root and its bytes, with one sha256 over both that names them on a worker."""
+
+    digest: str
+    files: tuple[tuple[str, bytes], ...]
+
+
+def ship_files(root: Path, files: Sequence[Path]) -> ShippedFiles:
+    """`files` (inside `root`) read now, once, for every task that needs them."""
+    h = hashlib.sha256()
+    read = []
+    for file in files:
+        name = file.relative_to(root).as_posix()
+        data = file.read_bytes()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+        read.append((name, data))
+    return ShippedFiles(h.hexdigest(), tuple(read))
+
+
+_LOCAL_COPIES: dict[str, tempfile.TemporaryDirectory[str]] = {}
+
+
+def local_copy(shipped: ShippedFiles) -> Path:
+    """The folder where this process keeps `shipped`'s files, written on the first call (the folder is
+    removed when the process exits)."""
+    folder = _LOCAL_COPIES.get(shipped.digest)
+    if folder is None:
+        folder = tempfile.TemporaryDirectory(prefix=f"uverify-shipped-{shipped.digest[:12]}-")
+        for name, data in shipped.files:
+            target = Path(folder.name) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        _LOCAL_COPIES[shipped.digest] = folder
+    return Path(folder.name)
+
+
+WORKER_CACHE_SIZE = 4  # loaded models kept per worker process (the most recently used)
+_WORKER_CACHE: OrderedDict[str, Any] = OrderedDict()
+
+
+def worker_cached(key: str, build: Callable[[], R]) -> R:
+    """`build()` once per process and `key` (a sha256 of what it is built from): a worker loads and
+    traces a model once for all the tasks of a check, not once per task."""
+    if key in _WORKER_CACHE:
+        _WORKER_CACHE.move_to_end(key)
+        value: R = _WORKER_CACHE[key]
+        return value
+    value = build()
+    _WORKER_CACHE[key] = value
+    while len(_WORKER_CACHE) > WORKER_CACHE_SIZE:
+        _WORKER_CACHE.popitem(last=False)
+    return value
+
+
+def share(executor: Executor, value: Any) -> Any:
+    """`value` as the tasks of `executor` should receive it: on Dask, scattered to every worker once (the
+    tasks then carry a key, not the bytes); elsewhere itself (a pool pickles it with each task, serial
+    never pickles)."""
+    if isinstance(executor, DaskExecutor):
+        return executor.client.scatter(value, broadcast=True, hash=False)
+    return value
+
+
+__all__ += ["ShippedFiles", "local_copy", "share", "ship_files", "worker_cached"]

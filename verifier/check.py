@@ -25,6 +25,15 @@ command line. Its `unsat` is recorded as verified, with the solver named in the 
 counts only once onnxruntime replays the assignment exactly as it replays PGD's points (in the open
 ball, in the domain, misclassified); an assignment that fails is an `error`, and the sample stays
 unknown. `export` (`--export-vnnlib`) receives every (sample, epsilon) property with its verdict.
+
+Parallel (`executor`, from `--workers`/`--scheduler` or the spec's `compute:`): the batches of every
+epsilon (bounds, PGD, onnxruntime's confirmation) are tasks, and so is each sample branch and bound
+takes up. A task gets the model's files by value (a cluster's workers need not see this machine's
+paths) and the settings; each worker process loads and traces the model once, cached by the files'
+sha256. Each batch's PGD has its own seed, from the attack seed, the epsilon and the batch's first
+position, so no result depends on which worker ran a batch or in which order: the serial run (the
+reference, in this process, nothing pickled) and every executor give the same report. `margins`, the
+external solver and `--export-vnnlib` run in this process whatever the executor.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -46,15 +55,26 @@ from tqdm.auto import tqdm
 
 from uverify import __version__
 from uverify.attacks import PGD, pgd_for
+from uverify.compute import (
+    SERIAL,
+    Executor,
+    ShippedFiles,
+    local_copy,
+    open_executor,
+    share,
+    ship_files,
+    without_compute,
+    worker_cached,
+)
 from uverify.datasets import Domain
 from uverify.errors import UverifyError
 from uverify.files import atomic_write_npz, ensure_writable_dir, sha256_file
 from uverify.models.referee import Referee
 from uverify.models.vote import VoteReferee, is_vote_manifest, read_vote_manifest
-from uverify.specs.schema import CheckSpec, CompleteSpec, Spec, spec_sha256
+from uverify.specs.schema import CheckSpec, CompleteSpec, ComputeSpec, Spec, spec_sha256
 from uverify.verifier import lirpa_compat
 from uverify.verifier.bab import STOP_REASONS, BabError
-from uverify.verifier.bab.stage import CompleteStage
+from uverify.verifier.bab.stage import CompleteStage, SampleDecision
 from uverify.verifier.bounds import Bounder, verified
 from uverify.verifier.counterexamples import Judge, confirm_counterexamples
 from uverify.verifier.onnx_import import load_onnx, onnx_to_torch, validate_against_onnxruntime
@@ -148,9 +168,11 @@ def check(
     external: ExternalStage | None = None,
     export: Exporter | None = None,
     margins: MarginSource | None = None,
+    executor: Executor = SERIAL,
 ) -> Report:
     """Run the certified and the empirical check of the spec's property; see the module docstring.
-    `margins` replaces the bound computation (everything after it is the same check)."""
+    `margins` replaces the bound computation (everything after it is the same check; it runs serially,
+    in this process). `executor` is where the batches and branch and bound's samples run."""
     started = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -163,6 +185,8 @@ def check(
             _check_vnnlib_fits(target, spec, what)
     inputs = _prepare_inputs(target, samples, domain, spec)
     checker = _Checker(target, spec, inputs, cross_check, external, margins)
+    if margins is None and executor.kind != "serial":
+        checker.distribute(executor)
     outcomes = checker.run(progress)
     if counterexamples is not None:
         _save_counterexamples(counterexamples, outcomes, inputs.x.shape[1:])
@@ -184,21 +208,28 @@ def check_and_save(
     timeout: float | None = None,
     external: ExternalStage | None = None,
     export: Exporter | None = None,
+    compute: ComputeSpec | None = None,
 ) -> Report:
     """`uverify check`: the spec's samples (or the user's .npz), checked, and the report written to `out`
     with the confirmed counterexamples beside it (`REPORT.counterexamples.npz`). `complete` turns on
     branch and bound (the spec's `verify.complete`, or its defaults), `timeout` sets its budget;
-    `external` and `export` are passed to `check`."""
+    `external` and `export` are passed to `check`. `compute` (default: the spec's section) is where the
+    batches run; the executor is opened before anything is read or written, so a scheduler that cannot
+    be reached changes nothing, and the report records the spec without it."""
     spec = with_complete(spec, complete, timeout)
+    if isinstance(spec, Spec):
+        compute = compute or spec.compute
+        spec = without_compute(spec)
     if out is not None:
         ensure_writable_dir(out.parent)
-    chosen = samples_for_check(spec, model_path, samples_npz)
-    counterexamples = out.with_suffix(".counterexamples.npz") if out is not None else None
-    report = check(
-        model_path, spec, chosen.samples, chosen.domain,
-        progress=progress, counterexamples=counterexamples, cross_check=cross_check, assumed=chosen.assumed,
-        external=external, export=export,
-    )  # fmt: skip
+    with open_executor(compute) as executor:
+        chosen = samples_for_check(spec, model_path, samples_npz)
+        counterexamples = out.with_suffix(".counterexamples.npz") if out is not None else None
+        report = check(
+            model_path, spec, chosen.samples, chosen.domain,
+            progress=progress, counterexamples=counterexamples, cross_check=cross_check, assumed=chosen.assumed,
+            external=external, export=export, executor=executor,
+        )  # fmt: skip
     if out is not None:
         save_report(report, out)
     return report
@@ -264,6 +295,17 @@ def _prepare_inputs(target: _Target, samples: Samples, domain: Domain | None, sp
 
 
 @dataclass
+class _BatchResult:
+    """One batch's outcome at one epsilon: what a batch task sends back."""
+
+    verdicts: np.ndarray
+    margins: np.ndarray
+    rejected: int
+    found: dict[str, list[np.ndarray]]
+    timing: dict[str, float]
+
+
+@dataclass
 class _EpsilonOutcome:
     result: EpsilonResult
     verdicts: np.ndarray  # per sample, object dtype
@@ -284,11 +326,16 @@ class _Checker:
         cross_check: bool,
         external: ExternalStage | None = None,
         margins: MarginSource | None = None,
+        *,
+        bounders: list[Bounder] | None = None,
     ) -> None:
         self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
         self.external, self.margins = external, margins
         # traced now (an unsupported model fails before any batch), unless `margins` gives the bounds
-        self._bounders: list[Bounder] | None = None if margins is not None else self._new_bounders()
+        # or a worker's cache has them already
+        if bounders is None and margins is None:
+            bounders = self._new_bounders()
+        self._bounders: list[Bounder] | None = bounders
         self.attack: PGD = pgd_for(
             spec.property.norm,
             steps=spec.attack.steps,
@@ -301,6 +348,14 @@ class _Checker:
         self._stage: CompleteStage | None = None
         self._skipped: str | None = None
         self.progress = False
+        self.executor: Executor = SERIAL
+        self.context: Any = None  # what the tasks get (a Dask future of a _WorkerContext, or one)
+
+    def distribute(self, executor: Executor) -> None:
+        """Run the batches and branch and bound's samples as tasks on `executor` (not with `margins`)."""
+        assert self.margins is None
+        self.executor = executor
+        self.context = share(executor, _worker_context(self.target, self.spec, self.inputs, self.cross_check))
 
     def run(self, progress: bool) -> list[_EpsilonOutcome]:
         todo = np.flatnonzero(self.inputs.correct)
@@ -309,23 +364,62 @@ class _Checker:
         bar = tqdm(total=len(epsilons) * batches, desc="check", unit="batch", disable=None if progress else True)
         self.progress = progress
         try:
-            return [self._epsilon(k, eps, todo, bar) for k, eps in enumerate(epsilons)]
+            if self.context is None:  # serial: each batch computed in this process when its turn comes
+                results = [self._serial_batches(eps, todo) for eps in epsilons]
+            else:  # every epsilon's batches submitted at once, read back in order
+                results = [self._submitted_batches(eps, todo) for eps in epsilons]
+            return [self._epsilon(k, eps, todo, results[k], bar) for k, eps in enumerate(epsilons)]
         finally:
             bar.close()
 
-    def _epsilon(self, k: int, eps: float, todo: np.ndarray, bar: Any) -> _EpsilonOutcome:
+    def _starts(self, todo: np.ndarray) -> range:
+        return range(0, len(todo), self.spec.verify.batch_size)
+
+    def _serial_batches(self, eps: float, todo: np.ndarray) -> Iterator[_BatchResult]:
+        size, seed = self.spec.verify.batch_size, self.spec.attack.seed
+        for start in self._starts(todo):
+            yield self._batch_result(todo[start : start + size], eps, _batch_seed(seed, eps, start))
+
+    def _submitted_batches(self, eps: float, todo: np.ndarray) -> Iterator[_BatchResult]:
+        size, seed, inputs = self.spec.verify.batch_size, self.spec.attack.seed, self.inputs
+        futures = []
+        for start in self._starts(todo):
+            idx = todo[start : start + size]
+            rows = (inputs.x[idx], inputs.y[idx], inputs.prediction[idx], inputs.ids[idx])
+            futures.append(self.executor.submit(_batch_task, self.context, rows, eps, _batch_seed(seed, eps, start)))
+        return self._in_order(futures)
+
+    def _in_order(self, futures: list[Any]) -> Iterator[Any]:
+        """The futures' results one by one, in task order (lazily: the progress bar moves)."""
+        for future in futures:
+            yield self.executor.gather([future])[0]
+
+    def _batch_result(self, idx: np.ndarray, eps: float, seed: int) -> _BatchResult:
+        """The samples `idx` at `eps`, PGD seeded with `seed`: the unit of work of every executor."""
+        generator = torch.Generator().manual_seed(seed)
+        timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
+        found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
+        verdicts, margins, rejected = self._batch(idx, eps, generator, timing, found)
+        return _BatchResult(verdicts, margins, rejected, found, timing)
+
+    def _epsilon(
+        self, k: int, eps: float, todo: np.ndarray, results: Iterable[_BatchResult], bar: Any
+    ) -> _EpsilonOutcome:
         n = len(self.inputs.x)
         verdicts = np.full(n, "misclassified", dtype=object)
         margins = np.full(n, np.nan)
         found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
         timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
         rejected = 0
-        generator = torch.Generator().manual_seed(_attack_seed(self.spec.attack.seed, eps))
         batch = self.spec.verify.batch_size
-        for start in range(0, len(todo), batch):
+        for start, part in zip(self._starts(todo), results, strict=True):
             idx = todo[start : start + batch]
-            verdicts[idx], margins[idx], batch_rejected = self._batch(idx, eps, generator, timing, found)
-            rejected += batch_rejected
+            verdicts[idx], margins[idx] = part.verdicts, part.margins
+            rejected += part.rejected
+            for key in COUNTEREXAMPLE_KEYS:
+                found[key].extend(part.found[key])
+            for key in timing:
+                timing[key] += part.timing[key]
             bar.update(1)
         clean_seconds = self.inputs.clean_seconds if k == 0 else 0.0
         result = _summarise(eps, verdicts, timing, rejected, clean_seconds)
@@ -447,10 +541,17 @@ class _Checker:
             return rows, summary
         summary["mode"] = stage.mode
         inputs = self.inputs
-        for i in tqdm(
-            unknown, desc=f"branch and bound at {eps:g}", unit="sample", disable=None if self.progress else True
-        ):
-            decision = stage.decide(inputs.x[i], int(inputs.y[i]), eps)
+        decisions: Iterable[SampleDecision]
+        if self.context is None:
+            decisions = (stage.decide(inputs.x[i], int(inputs.y[i]), eps) for i in unknown)
+        else:  # every unknown sample a task, submitted at once
+            futures = [self.executor.submit(_decide_task, self.context, inputs.x[i], int(inputs.y[i]), eps)
+                       for i in unknown]  # fmt: skip
+            decisions = self._in_order(futures)
+        for i, decision in tqdm(
+            zip(unknown, decisions, strict=True), total=len(unknown), desc=f"branch and bound at {eps:g}",
+            unit="sample", disable=None if self.progress else True,
+        ):  # fmt: skip
             rows[i] = SampleComplete(status=decision.status, seconds=decision.seconds, domains=decision.domains)
             stops[decision.status] += 1
             summary["seconds"] += decision.seconds
@@ -652,6 +753,7 @@ class _Target:
     input_shape: tuple[int, ...]
     metadata: dict[str, Any]
     vote: bool
+    files: list[Path] = field(default_factory=list)  # every file it was read from (a vote's manifest first)
 
     def validate(self, x: np.ndarray) -> None:
         for proto, member in zip(self.protos, self.members, strict=True):
@@ -664,7 +766,7 @@ def _load_target(model_path: Path) -> _Target:
         imported = onnx_to_torch(proto)
         return _Target(
             model_path, [imported.module], [proto], imported.module, Referee(model_path),
-            imported.input_shape, dict(imported.metadata), vote=False,
+            imported.input_shape, dict(imported.metadata), vote=False, files=[model_path],
         )  # fmt: skip
     _, files = read_vote_manifest(model_path)
     protos = [load_onnx(f) for f in files]
@@ -677,7 +779,7 @@ def _load_target(model_path: Path) -> _Target:
     modules = [m.module for m in members]
     return _Target(
         model_path, modules, protos, MeanOfLogits(modules).eval(), VoteReferee(files),
-        members[0].input_shape, metadata, vote=True,
+        members[0].input_shape, metadata, vote=True, files=[model_path, *files],
     )  # fmt: skip
 
 
@@ -694,6 +796,88 @@ def _attack_seed(seed: int, eps: float) -> int:
     epsilon gives the same attack in any sweep."""
     digest = hashlib.sha256(f"{seed}:{eps!r}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _batch_seed(seed: int, eps: float, start: int) -> int:
+    """The PGD seed of the batch that begins at position `start` of the attacked samples: its own, so
+    that no batch's attack depends on another's (the first batch keeps the epsilon's seed, so a check
+    of one batch attacks as it always did)."""
+    if start == 0:
+        return _attack_seed(seed, eps)
+    digest = hashlib.sha256(f"{seed}:{eps!r}:{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------- the workers' side
+@dataclass(frozen=True)
+class _WorkerContext:
+    """What every task of one check shares: the model's files by value, the settings, the domain.
+    `key` (a sha256 over all of it) names the loaded model in a worker's cache."""
+
+    key: str
+    model: ShippedFiles
+    entry: str  # the model (or vote manifest) file, relative to the shipped files' root
+    spec: Spec | CheckSpec
+    lower: np.ndarray
+    upper: np.ndarray
+    num_classes: int
+    cross_check: bool
+
+
+def _worker_context(target: _Target, spec: Spec | CheckSpec, inputs: _Inputs, cross_check: bool) -> _WorkerContext:
+    root = target.path.parent
+    model = ship_files(root, target.files)
+    h = hashlib.sha256()
+    for part in (model.digest, spec.model_dump_json(), str(inputs.num_classes), str(cross_check)):
+        h.update(part.encode() + b"\0")
+    h.update(inputs.lower.tobytes() + inputs.upper.tobytes())
+    entry = target.path.relative_to(root).as_posix()
+    return _WorkerContext(
+        h.hexdigest(), model, entry, spec, inputs.lower, inputs.upper, inputs.num_classes, cross_check
+    )
+
+
+@dataclass
+class _Loaded:
+    """A worker's copy of the model: loaded, imported and traced once per process."""
+
+    target: _Target
+    bounders: list[Bounder]
+    stage: CompleteStage | None = None
+
+
+def _loaded(context: _WorkerContext) -> _Loaded:
+    def load() -> _Loaded:
+        target = _load_target(local_copy(context.model) / context.entry)
+        method = context.spec.verify.method
+        bounders = [Bounder(m, target.input_shape, method, num_classes=context.num_classes) for m in target.members]
+        return _Loaded(target, bounders)
+
+    loaded: _Loaded = worker_cached(context.key, load)
+    return loaded
+
+
+def _batch_task(
+    context: _WorkerContext, rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], eps: float, seed: int
+) -> _BatchResult:
+    """One batch on a worker: its samples (x, y, prediction, ids) checked as `_Checker` checks them."""
+    loaded = _loaded(context)
+    x, y, prediction, ids = rows
+    inputs = _Inputs(x, y, prediction, context.lower, context.upper, 0.0, ids, context.num_classes)
+    checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
+    return checker._batch_result(np.arange(len(x)), eps, seed)
+
+
+def _decide_task(context: _WorkerContext, x: np.ndarray, y: int, eps: float) -> SampleDecision:
+    """Branch and bound on one sample on a worker (its stage built once per process)."""
+    loaded = _loaded(context)
+    if loaded.stage is None:
+        assert context.spec.verify.complete is not None
+        loaded.stage = CompleteStage(
+            loaded.bounders[0], context.spec.verify.complete, loaded.target.referee, context.spec.property.norm,
+            context.lower, context.upper,
+        )  # fmt: skip
+    return loaded.stage.decide(x, y, eps)
 
 
 def _summarise(
