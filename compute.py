@@ -64,6 +64,11 @@ class Executor(Protocol):
         """The futures' results in their order; a lost worker or pool is a one-line UverifyError."""
         ...
 
+    def share(self, value: Any) -> Any:
+        """`value` as an argument for many tasks: on Dask sent to the cluster once (not once per task),
+        elsewhere the value itself."""
+        ...
+
 
 class SerialExecutor:
     """Each task runs in this process when submitted: the reference every other executor must match."""
@@ -87,6 +92,9 @@ class SerialExecutor:
     def gather(self, futures: Sequence[TaskFuture[R]]) -> list[R]:
         return [future.result() for future in futures]
 
+    def share(self, value: Any) -> Any:
+        return value
+
 
 SERIAL = SerialExecutor()
 
@@ -107,6 +115,9 @@ class _Parallel:
 
     def gather(self, futures: Sequence[TaskFuture[R]]) -> list[R]:
         return list(self._results(futures))
+
+    def share(self, value: Any) -> Any:
+        return value  # a process pool pickles every task's arguments anyway
 
     def _results(self, futures: Sequence[TaskFuture[R]]) -> Iterator[R]:
         for future in futures:
@@ -185,6 +196,10 @@ class DaskExecutor(_Parallel):
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
         future: TaskFuture[R] = self.client.submit(_with_threads, self.threads, fn, *args, key=key, pure=False)
         return future
+
+    def share(self, value: Any) -> Any:
+        """Scattered to one worker; a task that takes it fetches it from there (Dask resolves the future)."""
+        return self.client.scatter(value, hash=False)
 
 
 class _SubTasks(DaskExecutor):

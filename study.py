@@ -236,7 +236,7 @@ def _study(
         else:
             out.mkdir(parents=True, exist_ok=True)  # so that a worker can tell whether it sees the folder
             tasks = list(_cell_tasks(specs, out, methods, echo))
-            results = executor.map(_cell_task, [args for args, _ in tasks])
+            results = executor.map(_cell_task, _shared(executor, [args for args, _ in tasks]))
             for (_, run), (cell, lines) in zip(tasks, results, strict=True):
                 for line in lines:
                     echo(line)
@@ -346,6 +346,21 @@ def _cell_tasks(
                 cell = _Cell(cell_spec(spec, UnlearningMethod(method)), spec.name, label, training, folder.absolute())
                 run = _Cell(cell.spec, spec.name, label, training, folder).run_dir
                 yield (cell, splits, samples, domain, spec.study.threads, out.absolute()), run
+
+
+def _shared(executor: Executor, tasks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The cells' arguments with each data set's splits, samples and domain (the same objects for every
+    cell of a data set) shared once (`Executor.share`: on Dask sent to the cluster once, not per cell)."""
+    shared: dict[int, Any] = {}
+
+    def share(value: Any) -> Any:
+        if id(value) not in shared:
+            shared[id(value)] = executor.share(value)
+        return shared[id(value)]
+
+    return [
+        (cell, share(splits), share(samples), share(domain), *rest) for cell, splits, samples, domain, *rest in tasks
+    ]
 
 
 def _cell_task(
