@@ -14,6 +14,19 @@ import.
 * A parent that has already imported torch (a test process) always uses the server: a fork of a
   process whose OpenMP pool has run is not safe.
 
+In parallel (`workers` > 1, `uverify vnncomp --instances ... --workers N`): N instances run at once, each
+in its own forkserver child under its own clock, N threads of the parent each waiting on one child.
+Local children rather than a Dask LocalCluster: the clock must be held by a process that can kill the
+instance, which is what this parent already is; a Dask worker would only add a process between the two
+(and a task on it cannot be killed). Each child uses cores / N torch threads, so N instances on N cores
+do not slow each other down by oversubscription; with more instances at once than cores, their
+clocks would count time spent waiting for a core, so keep N at or below the cores. With a scheduler
+(`--scheduler`), every instance is a Dask task that runs the same child-under-a-clock on its worker,
+the clock starting when the task starts there; the network and property files travel with the tasks
+(each network once per worker), so the workers need not see this machine's paths. Either way the
+results CSV keeps the instances' order and is rewritten as each next row in that order is done, so a
+run stopped half-way leaves a prefix of the full list.
+
 What the child finds wrong with the input (a file that does not parse, a network that does not fit)
 comes back as a `UverifyError`'s one line: `run_instance` marks it `bad_input` (`uverify vnncomp` then
 exits 2), `run_instances` records `error` for that row and goes on. A `sat` comes back with its
@@ -26,7 +39,10 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +57,7 @@ __all__ = [
     "KILL_MARGIN",
     "WORKER",
     "Outcome",
+    "parallel",
     "result_path",
     "results_folder",
     "run_instance",
@@ -69,13 +86,18 @@ class Outcome:
     bad_input: bool = False
 
 
-def _child(conn: Connection, onnx: str, vnnlib: str, end: float) -> None:
+def _child(conn: Connection, onnx: str, vnnlib: str, end: float, threads: int | None = None) -> None:
     """The child's entry point: import the verifier (already there in a forkserver child), run it.
-    Its stdout goes to stderr: a parent's stdout carries only answers (the solver CLI's rule)."""
+    Its stdout goes to stderr: a parent's stdout carries only answers (the solver CLI's rule).
+    `threads`: torch's thread count (instances run side by side share the cores)."""
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     from uverify.vnn.worker import work
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     work(conn, onnx, vnnlib, end)
 
 
@@ -108,15 +130,22 @@ def _context() -> Any:
 
 
 def run_instance(
-    onnx: PathLike, vnnlib: PathLike, timeout: float | None, *, start: float | None = None, context: Any = None
+    onnx: PathLike,
+    vnnlib: PathLike,
+    timeout: float | None,
+    *,
+    start: float | None = None,
+    context: Any = None,
+    threads: int | None = None,
 ) -> Outcome:
-    """Decide one instance within `timeout` wall-clock seconds counted from `start` (default: now)."""
+    """Decide one instance within `timeout` wall-clock seconds counted from `start` (default: now);
+    `threads` sets the child's torch threads (default: torch's own)."""
     start = time.monotonic() if start is None else start
     ctx = context if context is not None else _context()
     end = start + timeout if timeout is not None else float("inf")
     receiver, sender = ctx.Pipe(duplex=False)
     child_end = end - CHILD_MARGIN if timeout is not None else float("inf")
-    process = ctx.Process(target=_child, args=(sender, str(onnx), str(vnnlib), child_end), daemon=True)
+    process = ctx.Process(target=_child, args=(sender, str(onnx), str(vnnlib), child_end, threads), daemon=True)
     process.start()
     sender.close()
     prepared: float | None = None
@@ -190,17 +219,30 @@ def run_instances(
     *,
     timeout_cap: float | None = None,
     echo: Callable[[str], None] | None = None,
+    workers: int | None = None,
+    executor: Any = None,
 ) -> list[InstanceResult]:
-    """Run every instance in order; the results CSV is rewritten after each, the result files go to the
-    folder named like the CSV without its suffix. A row whose input is bad is `error`, the run goes on."""
+    """Run every instance; the results CSV, in the instances' order, is rewritten after each next row
+    is done, the result files go to the folder named like the CSV without its suffix. A row whose input
+    is bad is `error`, the run goes on. `workers` instances run at once in local children; `executor`
+    (compute.py's Dask executor) runs each as a task on its workers instead (see the module docstring);
+    both default to what `parallel` set, else one instance at a time."""
+    if workers is None and executor is None:
+        workers, executor = _PARALLEL.get()
+    workers = workers or 1
     out = Path(out_csv)
     folder = results_folder(out)
-    context = _server() if "forkserver" in multiprocessing.get_all_start_methods() else None
+    limits = [_limit(instance, timeout_cap) for instance in instances]
+    if executor is not None:
+        outcomes = _on_dask(instances, limits, executor)
+    elif workers > 1:
+        outcomes = _side_by_side(instances, limits, workers)
+    else:
+        context = _server() if "forkserver" in multiprocessing.get_all_start_methods() else None
+        pairs = zip(instances, limits, strict=True)
+        outcomes = (run_instance(i.onnx, i.vnnlib, limit, context=context) for i, limit in pairs)
     results: list[InstanceResult] = []
-    for number, instance in enumerate(instances, 1):
-        timeout = instance.timeout if timeout_cap is None else min(instance.timeout, timeout_cap)
-        limit = None if timeout == float("inf") else timeout
-        outcome = run_instance(instance.onnx, instance.vnnlib, limit, context=context)
+    for number, (instance, outcome) in enumerate(zip(instances, outcomes, strict=True), 1):
         write_outcome(result_path(folder, instance), outcome)
         row = InstanceResult(
             instance.category,
@@ -226,6 +268,111 @@ def run_instances(
         if outcome.result == "error" and echo is None:
             print(f"warning: {instance.onnx_name} {instance.vnnlib_name}: {outcome.message}", file=sys.stderr)
     return results
+
+
+_PARALLEL: ContextVar[tuple[int, Any]] = ContextVar("vnncomp_parallel", default=(1, None))
+
+
+@contextmanager
+def parallel(workers: int | None, scheduler: str | None) -> Iterator[None]:
+    """`run_instances`'s default within the block, from `--workers N` (N local children at once) and
+    `--scheduler ADDRESS` (tasks on that Dask scheduler's workers, N of them waited for). Bad values
+    are a one-line error blaming the option; the scheduler is connected to before the block starts, so
+    one that cannot be reached changes nothing."""
+    from uverify.compute import compute_from_options, open_executor
+
+    compute = compute_from_options(workers, scheduler)
+    if compute.address is None:
+        token = _PARALLEL.set((compute.workers or 1, None))
+        try:
+            yield
+        finally:
+            _PARALLEL.reset(token)
+        return
+    with open_executor(compute) as executor:
+        token = _PARALLEL.set((executor.workers, executor))
+        try:
+            yield
+        finally:
+            _PARALLEL.reset(token)
+
+
+def _limit(instance: Instance, timeout_cap: float | None) -> float | None:
+    timeout = instance.timeout if timeout_cap is None else min(instance.timeout, timeout_cap)
+    return None if timeout == float("inf") else timeout
+
+
+def _side_by_side(instances: Sequence[Instance], limits: list[float | None], workers: int) -> Iterator[Outcome]:
+    """`workers` instances at a time, each in its own child under its own clock (which starts when its
+    thread starts it); the outcomes in the instances' order."""
+    context = _server() if "forkserver" in multiprocessing.get_all_start_methods() else None
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vnncomp")
+    try:
+        futures = [
+            pool.submit(run_instance, i.onnx, i.vnnlib, limit, context=context, threads=threads)
+            for i, limit in zip(instances, limits, strict=True)
+        ]
+        for future in futures:
+            yield future.result()
+    finally:
+        # on an error or Ctrl-C: no new instance starts; a running one ends by its own clock
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_dask(instances: Sequence[Instance], limits: list[float | None], executor: Any) -> Iterator[Outcome]:
+    """Every instance a task on the executor's workers, its files shipped by value (each distinct file
+    scattered once); the outcomes in the instances' order."""
+    from uverify.compute import share, ship_files
+
+    shipped: dict[str, Any] = {}
+
+    def file(path: Path) -> Any:
+        key = str(Path(path).resolve())
+        if key not in shipped:
+            shipped[key] = share(executor, ship_files(Path(path).parent, [Path(path)]))
+        return shipped[key]
+
+    futures = [
+        executor.submit(_instance_task, file(i.onnx), file(i.vnnlib), limit)
+        for i, limit in zip(instances, limits, strict=True)
+    ]
+    for future in futures:
+        yield executor.gather([future])[0]
+
+
+def _instance_task(network: Any, prop: Any, limit: float | None) -> Outcome:
+    """One instance on a Dask worker: its files written there once (compute.local_copy), then decided
+    in a child of the worker under a clock that starts once the worker's forkserver is up (its first
+    task starts it). The worker's own torch threads (one per task slot on a scheduler's workers) are
+    the child's."""
+    import torch
+
+    from uverify.compute import local_copy
+
+    with _may_have_children():
+        # the worker's server (the verifier imported once) is ready before the clock, as run_instances's is
+        context = _server() if "forkserver" in multiprocessing.get_all_start_methods() else None
+        start = time.monotonic()
+        onnx = local_copy(network) / network.files[0][0]
+        vnnlib = local_copy(prop) / prop.files[0][0]
+        return run_instance(onnx, vnnlib, limit, start=start, context=context, threads=torch.get_num_threads())
+
+
+@contextmanager
+def _may_have_children() -> Iterator[None]:
+    """A nanny's Dask worker is a daemonic process, and multiprocessing refuses children to those; the
+    instance's child is killed and joined by `run_instance` whatever happens, which is what the flag
+    guards, so it is lifted while the instance runs."""
+    current = multiprocessing.current_process()
+    daemonic = current.daemon
+    if daemonic:
+        current.daemon = False
+    try:
+        yield
+    finally:
+        if daemonic:
+            current.daemon = True
 
 
 def with_truth(instances: Sequence[Instance], truth: dict[tuple[str, str], str]) -> list[Instance]:
