@@ -198,8 +198,8 @@ class DaskExecutor(_Parallel):
         return future
 
     def share(self, value: Any) -> Any:
-        """Scattered to one worker; a task that takes it fetches it from there (Dask resolves the future)."""
-        return self.client.scatter(value, hash=False)
+        """Scattered to every worker once; the tasks then carry its key, not its bytes (Dask resolves it)."""
+        return self.client.scatter(value, broadcast=True, hash=False)
 
 
 class _SubTasks(DaskExecutor):
@@ -441,13 +441,4 @@ def worker_cached(key: str, build: Callable[[], R]) -> R:
     return value
 
 
-def share(executor: Executor, value: Any) -> Any:
-    """`value` as the tasks of `executor` should receive it: on Dask, scattered to every worker once (the
-    tasks then carry a key, not the bytes); elsewhere itself (a pool pickles it with each task, serial
-    never pickles)."""
-    if isinstance(executor, DaskExecutor):
-        return executor.client.scatter(value, broadcast=True, hash=False)
-    return value
-
-
-__all__ += ["ShippedFiles", "local_copy", "share", "ship_files", "worker_cached"]
+__all__ += ["ShippedFiles", "local_copy", "ship_files", "worker_cached"]

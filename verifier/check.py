@@ -61,7 +61,6 @@ from uverify.compute import (
     ShippedFiles,
     local_copy,
     open_executor,
-    share,
     ship_files,
     without_compute,
     worker_cached,
@@ -355,7 +354,7 @@ class _Checker:
         """Run the batches and branch and bound's samples as tasks on `executor` (not with `margins`)."""
         assert self.margins is None
         self.executor = executor
-        self.context = share(executor, _worker_context(self.target, self.spec, self.inputs, self.cross_check))
+        self.context = executor.share(_worker_context(self.target, self.spec, self.inputs, self.cross_check))
 
     def run(self, progress: bool) -> list[_EpsilonOutcome]:
         todo = np.flatnonzero(self.inputs.correct)
