@@ -323,14 +323,14 @@ def _side_by_side(instances: Sequence[Instance], limits: list[float | None], wor
 def _on_dask(instances: Sequence[Instance], limits: list[float | None], executor: Any) -> Iterator[Outcome]:
     """Every instance a task on the executor's workers, its files shipped by value (each distinct file
     scattered once); the outcomes in the instances' order."""
-    from uverify.compute import share, ship_files
+    from uverify.compute import ship_files
 
     shipped: dict[str, Any] = {}
 
     def file(path: Path) -> Any:
         key = str(Path(path).resolve())
         if key not in shipped:
-            shipped[key] = share(executor, ship_files(Path(path).parent, [Path(path)]))
+            shipped[key] = executor.share(ship_files(Path(path).parent, [Path(path)]))
         return shipped[key]
 
     futures = [
