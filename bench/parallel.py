@@ -3,19 +3,26 @@ in one run (compute.py's executors):
 
   (a) SISA training, S=4 shards, on a generated Lending Club file of the real format;
   (b) a deletion touching 2 of those shards (ids from two shards' first slices);
+  (c) `check` of 512 test samples of the mixture spec with CROWN + PGD (50 steps, 3 restarts) at its 3
+      epsilons, on a model trained quickly (Amnesiac's single model, 5 epochs): 24 batch tasks; and
+      the same with alpha-CROWN, whose optimised bounds make each task a few times heavier;
   (d) the demo study (the shipped mixture spec: 4 cells of train, check, unlearn, check).
 
 Each case runs serially (the reference), on Dask with 2 workers and on a local pool of 2 processes,
-and (a) also on Dask with 1 worker. "cold" is what a command pays end to end (the cluster's start,
+and (a) and (c) also on Dask with 1 worker. "cold" is what a command pays end to end (the cluster's start,
 the workers' torch import, the tasks, the teardown); "warm" reuses an open executor (tasks only),
-what a long-lived cluster gives. Every parallel run's files are checked byte for byte against the
-serial run's. "busy cores" is how many of the machine's cores were busy during each run, ours and
-every other process's (with the load average before and after): on a shared machine a ratio is only
-as good as the cores it got. Every run, serial and each worker, uses one torch thread
-(`compute.threads: 1`; serially `torch.set_num_threads(1)`): the bench prints a training step's time
-at 1 and at torch's default thread count, which on a busy machine differ many times over.
+what a long-lived cluster gives (for (c): the workers have imported the verifier on an earlier, smaller
+check, and load and trace this check's model once each, as a new model on a long-lived cluster
+would). Every parallel run's files are checked byte for byte against the serial run's; for (c), the
+report (timings left out) and the counterexamples file. "busy cores" is how many of the machine's
+cores were busy during each run, ours and every other process's (with the load average before and
+after): on a shared machine a ratio is only as good as the cores it got. Every run, serial and each
+worker, uses one torch thread (`compute.threads: 1`; serially `torch.set_num_threads(1)`): the bench
+prints a training step's time at 1 and at torch's default thread count, which on a busy machine
+differ many times over.
 
-Run: `make bench-parallel` or `.venv/bin/python bench/parallel.py [--loan-rows 60000] [--epochs 40] [--skip-study]`.
+Run: `make bench-parallel` or `.venv/bin/python bench/parallel.py [--loan-rows 60000] [--epochs 40] [--skip-study]
+[--only c]`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from uverify.specs.schema import ComputeSpec, Spec
 from uverify.study import study
 from uverify.testing.loan import write_loan_csv
 from uverify.unlearning.sisa import Manifest, Sisa
+from uverify.verifier.check import check, check_and_save
+from uverify.verifier.samples import samples_from_spec
 
 # one torch thread in every run, serial and each worker alike (see `step_ms`: on a busy machine torch's
 # default of one thread per core makes every step wait for the slowest core)
@@ -100,13 +109,13 @@ def sisa_fit(spec: Spec, splits: Splits, folder: Path, executor: Executor) -> No
 
 class Table:
     def __init__(self) -> None:
-        print(f"  {'case':<41} {'how':<22} {'seconds':>10}  {'ratio':>6}  {'busy cores':>10}  files")
+        print(f"  {'case':<55} {'how':<22} {'seconds':>10}  {'ratio':>6}  {'busy cores':>10}  files")
 
     def add(self, case: str, how: str, timing: Timing, serial: Timing, same: bool | None) -> None:
         check = "-" if same is None else ("identical" if same else "DIFFERENT")
         ratio = serial.seconds / timing.seconds
         print(
-            f"  {case:<41} {how:<22} {timing.seconds:8.2f} s  {ratio:5.2f}x  {timing.busy:10.2f}  {check}", flush=True
+            f"  {case:<55} {how:<22} {timing.seconds:8.2f} s  {ratio:5.2f}x  {timing.busy:10.2f}  {check}", flush=True
         )
 
 
@@ -184,23 +193,102 @@ def bench_study(work: Path, table: Table) -> None:
         table.add(case, f"{name}, cold", seconds, serial, cell_digests(out) == reference)
 
 
+def _timeless(value: Any) -> Any:
+    """A report without its timings, versions and paths: what must be identical between executors."""
+    if isinstance(value, dict):
+        left_out = ("seconds", "versions", "time", "path")
+        return {k: _timeless(v) for k, v in value.items() if k not in left_out and not k.endswith("_seconds")}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value
+
+
+def check_digest(report: Any, cex: Path) -> str:
+    """One hash over the report (timings left out) and the counterexamples' arrays, bit for bit."""
+    import json
+
+    h = hashlib.sha256(json.dumps(_timeless(report.model_dump(mode="json")), sort_keys=True).encode())
+    with np.load(cex) as arrays:
+        for key in sorted(arrays.files):
+            h.update(key.encode() + arrays[key].tobytes())
+    return h.hexdigest()
+
+
+def check_spec(samples: int = 512, method: str = "CROWN") -> Spec:
+    overrides = {"data.samples": samples, "unlearning.method": "amnesiac", "train.epochs": 5, "verify.method": method}
+    return load_spec("mixture", overrides)
+
+
+def bench_check(work: Path, table: Table, method: str = "CROWN") -> None:
+    """(c): `check` of 512 samples, bounds + PGD, on the mixture spec's quickly trained model."""
+    case = f"(c) check 512 samples, {method} + PGD"
+    spec = check_spec(method=method)
+    run = work / "c-model"
+    if not run.exists():
+        train_run(spec, run, adversarial=False, progress=False)
+    model = run / "model.onnx"
+    work = work / method
+    work.mkdir()
+
+    def cold(name: str, compute: ComputeSpec | None) -> tuple[Timing, str, Any]:
+        """`uverify check --out` as a command runs it: the executor opened and closed around it."""
+        out = work / f"c-{name}.json"
+        holder: list[Any] = []
+        timing = measure(lambda: holder.append(check_and_save(model, spec, None, out, progress=False, compute=compute)))
+        return timing, check_digest(holder[0], out.with_suffix(".counterexamples.npz")), holder[0]
+
+    serial, reference, report = cold("serial", None)
+    table.add(case, "serial", serial, serial, None)
+    for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2), ("dask 1 worker", DASK1)):
+        timing, digest, _ = cold(name.replace(" ", "-"), compute)
+        table.add(case, f"{name}, cold", timing, serial, digest == reference)
+
+    samples, domain = samples_from_spec(spec)
+    small = check_spec(16, method)
+    small_samples, small_domain = samples_from_spec(small)
+
+    def warm(name: str, executor: Executor) -> tuple[Timing, str]:
+        """`check` alone on an open executor whose workers imported the verifier on a smaller check."""
+        check(model, small, small_samples, small_domain, progress=False, executor=executor)
+        cex = work / f"c-warm-{name.replace(' ', '-')}.npz"
+        holder: list[Any] = []
+        timing = measure(
+            lambda: holder.append(
+                check(model, spec, samples, domain, progress=False, counterexamples=cex, executor=executor)
+            )
+        )
+        return timing, check_digest(holder[0], cex)
+
+    warm_serial, warm_reference = warm("serial", SERIAL)
+    table.add(case + " [check only]", "serial", warm_serial, warm_serial, None)
+    for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2), ("dask 1 worker", DASK1)):
+        with open_executor(compute) as executor:
+            timing, digest = warm(name, executor)
+        table.add(case + " [check only]", f"{name}, warm", timing, warm_serial, digest == warm_reference)
+    print(
+        "      (c)'s verdicts: "
+        + "; ".join(
+            f"eps {r.epsilon:g}: {r.counts.verified} verified, {r.counts.falsified} falsified, "
+            f"{r.counts.unknown} unknown"
+            for r in report.results
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loan-rows", type=int, default=60_000, help="rows of the generated Lending Club file")
     parser.add_argument("--epochs", type=int, default=40, help="train.epochs of the loan spec")
     parser.add_argument("--skip-study", action="store_true", help="leave out (d)")
+    parser.add_argument("--only", choices=["c"], help="run only this case (and the Dask overhead lines)")
+    parser.add_argument(
+        "--check-methods", nargs="+", default=["CROWN", "alpha-CROWN"], help="bound methods of (c), one row group each"
+    )
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     work = Path(tempfile.mkdtemp(prefix="uverify-bench-parallel."))
     os.environ.setdefault("UVERIFY_CACHE_DIR", str(work / "cache"))
     try:
-        csv = write_loan_csv(work / "accepted_2007_to_2018Q4.csv", args.loan_rows, seed=0)
-        spec = loan_spec(csv, args.epochs)
-        splits = load(spec.data)
-        print(
-            f"loan: {len(splits.train)} train rows, SISA 4 shards x 2 slices, {args.epochs} epochs, mlp "
-            f"{spec.model.hidden}; ratio = serial seconds / these seconds"
-        )
         import torch._dynamo
 
         default = torch.get_num_threads()
@@ -209,10 +297,21 @@ def main() -> None:
             f"{step_ms(default):.1f} ms on torch's default {default} on this machine now"
         )
         torch.set_num_threads(1)
+        if args.only is None:
+            csv = write_loan_csv(work / "accepted_2007_to_2018Q4.csv", args.loan_rows, seed=0)
+            spec = loan_spec(csv, args.epochs)
+            splits = load(spec.data)
+            print(
+                f"loan: {len(splits.train)} train rows, SISA 4 shards x 2 slices, {args.epochs} epochs, mlp "
+                f"{spec.model.hidden}; ratio = serial seconds / these seconds"
+            )
         table = Table()
-        serial_run = bench_sisa(spec, splits, work, table)
-        bench_deletion(serial_run, splits, work, table)
-        if not args.skip_study:
+        if args.only is None:
+            serial_run = bench_sisa(spec, splits, work, table)
+            bench_deletion(serial_run, splits, work, table)
+        for method in args.check_methods:
+            bench_check(work, table, method)
+        if not args.skip_study and args.only is None:
             bench_study(work, table)
         start = timed(lambda: _open_close(DASK2))
         print(f"  a 2-worker LocalCluster's start + teardown alone: {start:.2f} s")

@@ -183,8 +183,10 @@ def check(
         if wanted is not None:
             _check_vnnlib_fits(target, spec, what)
     inputs = _prepare_inputs(target, samples, domain, spec)
-    checker = _Checker(target, spec, inputs, cross_check, external, margins)
-    if margins is None and executor.kind != "serial":
+    distributed = margins is None and executor.kind != "serial"
+    # distributed, the workers trace the model (this process only if branch and bound needs its stage)
+    checker = _Checker(target, spec, inputs, cross_check, external, margins, trace=not distributed)
+    if distributed:
         checker.distribute(executor)
     outcomes = checker.run(progress)
     if counterexamples is not None:
@@ -327,12 +329,13 @@ class _Checker:
         margins: MarginSource | None = None,
         *,
         bounders: list[Bounder] | None = None,
+        trace: bool = True,
     ) -> None:
         self.target, self.spec, self.inputs, self.cross_check = target, spec, inputs, cross_check
         self.external, self.margins = external, margins
         # traced now (an unsupported model fails before any batch), unless `margins` gives the bounds
-        # or a worker's cache has them already
-        if bounders is None and margins is None:
+        # or a worker's cache has them already, or the workers trace their own (`trace=False`)
+        if bounders is None and margins is None and trace:
             bounders = self._new_bounders()
         self._bounders: list[Bounder] | None = bounders
         self.attack: PGD = pgd_for(
@@ -616,7 +619,7 @@ class _Checker:
 
     @property
     def bounders(self) -> list[Bounder]:
-        """One per member; with `margins`, built only if branch and bound needs them."""
+        """One per member; with `margins` or `trace=False`, built only if branch and bound needs them."""
         if self._bounders is None:
             self._bounders = self._new_bounders()
         return self._bounders

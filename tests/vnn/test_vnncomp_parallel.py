@@ -96,3 +96,22 @@ def test_bad_options_exit_2_with_one_line(options: list[str], needle: str, listi
     lines = text.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], text
     assert not out.exists()
+
+
+def test_an_unreachable_scheduler_exits_2_and_writes_nothing(
+    listing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from uverify import compute
+
+    monkeypatch.setattr(compute, "CONNECT_TIMEOUT_S", 1.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    out = tmp_path / "out.csv"
+    code, text = _invoke("--instances", str(listing), "--out", str(out), "--scheduler", address)
+    assert code == 2, text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and f"dask scheduler {address}: cannot connect" in lines[0], text
+    assert not out.exists() and not out.with_suffix("").exists()
