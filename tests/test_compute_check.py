@@ -180,3 +180,10 @@ def test_the_cli_and_the_spec_compute_section_give_the_serial_report(
         reports[name] = _timeless(json.loads(out.read_text()))
     assert reports["cli"] == reports["serial"] == reports["spec"]
     assert "compute" not in reports["spec"]["spec"]
+
+
+def test_workers_with_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`check --run` reuses certificates in this process: --workers there is refused, not ignored."""
+    result = _invoke("check", "--run", str(tmp_path / "run"), "--workers", "2", "--quiet")
+    assert result.exit_code == 2 and "--workers and --scheduler go with --model" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
