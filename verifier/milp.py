@@ -31,6 +31,7 @@ from uverify.errors import UverifyError
 from uverify.verifier.onnx_import import OnnxGraphModule
 
 MILP_MARGIN = 1e-4
+CUTOFF_FLOOR = 1e-3  # the decision problem's t stops here: a point this far inside is proof enough for the judge
 _BOUND_SLACK = 1e-5  # widen CROWN's bounds by this (relative to max(1, |bound|)) for the big-M terms
 _AFFINE_CHECK = 1e-4
 
@@ -54,18 +55,29 @@ class Chain:
 
 @dataclass(frozen=True)
 class MilpResult:
-    status: str  # "optimal" or HiGHS's message when it stopped early
+    status: str  # "optimal", "above" (t* > the cutoff), "feasible", or HiGHS's message when it stopped early
     value: float  # t*: min over the box of max over the disjunct's rows of C y − d (nan when not optimal)
     point: np.ndarray | None  # the minimiser, input_shape
 
     @property
     def holds(self) -> bool:
-        return self.status == "optimal" and self.value > MILP_MARGIN
+        """The disjunct is unreachable: t* > MILP_MARGIN proved (optimal, or infeasible under a cutoff)."""
+        return (self.status == "optimal" and self.value > MILP_MARGIN) or (
+            self.status == "above" and self.value >= MILP_MARGIN
+        )
 
 
 def chain_of(module: nn.Module, input_shape: Sequence[int]) -> Chain:
-    """The module as a chain of affine segments between ReLUs, or a `MilpError` saying why not."""
-    steps = _steps(module)
+    """The module as a chain of affine segments between ReLUs, or a `MilpError` saying why not. A graph
+    that is not a chain may still be one hidden layer (SISA's mean of member MLPs: parallel ReLU
+    layers on the input, an affine map of their outputs): then the one-layer chain of them all."""
+    try:
+        steps = _steps(module)
+    except MilpError as error:
+        try:
+            return _one_hidden_layer(module, input_shape)
+        except MilpError:
+            raise error from None
     segments: list[list[nn.Module]] = [[]]
     for step in steps:
         if isinstance(step, nn.ReLU):
@@ -95,6 +107,68 @@ def chain_of(module: nn.Module, input_shape: Sequence[int]) -> Chain:
             biases.append(bias.numpy())
             shape = out_shape
     return Chain(weights, biases, tuple(int(s) for s in input_shape))
+
+
+def _one_hidden_layer(module: nn.Module, input_shape: Sequence[int]) -> Chain:
+    """y = W2 relu(W1 x + b1) + b2 read numerically from any module whose ReLUs (each called once) all
+    take an affine function of the input and whose output is an affine function of their outputs alone
+    (no skip from the input): pre-activations recorded, then ReLU outputs replaced, by forward hooks;
+    both maps checked on random probes."""
+    relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise MilpError("the MILP needs ReLU layers; this graph has none")
+    shape = tuple(int(s) for s in input_shape)
+    size = int(np.prod(shape))
+    seen: list[torch.Tensor] = []
+    replace: list[torch.Tensor | None] = [None]
+    sizes: list[int] = []
+
+    def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
+        k = len(seen)
+        seen.append(args[0].reshape(len(args[0]), -1).double())
+        given = replace[0]
+        if given is None:
+            return None
+        start = sum(sizes[:k])
+        return given[:, start : start + sizes[k]].reshape(out.shape).to(out.dtype)
+
+    handles = [m.register_forward_hook(hook) for m in relus]
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            dtype = torch.float64 if _is_double(module) else torch.float32
+
+            def pre(x: torch.Tensor) -> torch.Tensor:
+                seen.clear()
+                module(x.to(dtype))
+                if len(seen) != len(relus):
+                    raise MilpError("the MILP needs each ReLU called once; one is shared or skipped")
+                return torch.cat(seen, 1)
+
+            basis = torch.cat([torch.zeros(1, size), torch.eye(size)]).reshape(size + 1, *shape)
+            flat = pre(basis)
+            sizes[:] = [int(t.shape[1]) for t in seen]
+            b1, W1 = flat[0], (flat[1:] - flat[0]).T
+            probe = torch.rand((8, *shape), generator=gen) * 2 - 1
+            got, want = pre(probe), probe.reshape(8, -1).double() @ W1.T + b1
+            if float((got - want).abs().max()) > _AFFINE_CHECK * float(got.abs().max().clamp_min(1.0)):
+                raise MilpError("the MILP needs the ReLUs' inputs affine in the network's input")
+            hidden = int(W1.shape[0])
+            replace[0] = torch.cat([torch.zeros(1, hidden), torch.eye(hidden)]).double()
+            seen.clear()
+            out = module(torch.zeros((hidden + 1, *shape), dtype=dtype)).double().reshape(hidden + 1, -1)
+            b2, W2 = out[0], (out[1:] - out[0]).T
+            h_probe = torch.rand((8, hidden), generator=gen, dtype=torch.float64) * 2
+            replace[0] = h_probe
+            seen.clear()
+            got = module(probe.to(dtype)).double().reshape(8, -1)
+            want = h_probe @ W2.T + b2
+            if float((got - want).abs().max()) > _AFFINE_CHECK * float(got.abs().max().clamp_min(1.0)):
+                raise MilpError("the MILP needs the output affine in the ReLUs' outputs alone")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Chain([W1.numpy(), W2.numpy()], [b1.numpy(), b2.numpy()], shape)
 
 
 def _is_double(module: nn.Module) -> bool:
@@ -136,6 +210,7 @@ def solve(
     splits: Sequence[np.ndarray] | None = None,
     time_limit: float | None = None,
     target: float | None = None,
+    cutoff: float | None = None,
 ) -> MilpResult:
     """min over x in [lower, upper] of max_rows (C y − d), exactly (up to HiGHS's tolerances).
 
@@ -143,21 +218,37 @@ def solve(
     objective, so HiGHS stops at its first such point, far sooner than it proves the minimum). Its
     answer is only ever a candidate for the judge: "no such point" is reported as not `holds`.
 
+    With `cutoff` (>= MILP_MARGIN), the decision problem: t is kept in [−CUTOFF_FLOOR, cutoff], so HiGHS
+    prunes every node whose relaxation stays above the cutoff (no need to prove the optimum) and stops
+    at the floor (a point well inside the violation region). Infeasible means t* > cutoff: status
+    "above", `holds`; otherwise the point found (value <= cutoff) is a candidate for the judge.
+
     `pre_lower`/`pre_upper` are sound bounds on each hidden layer's pre-activations over the box (flat);
     `splits` (+1 active, −1 inactive, 0 free per neuron) restricts the search to a ReLU-split domain
-    (adding z >= 0 or z <= 0), as the leaves of branch and bound need."""
+    (adding z >= 0 or z <= 0), as the leaves of branch and bound need.
+
+    A last-layer neuron whose output enters every row with a coefficient >= 0 gets no binary: the
+    minimum pushes its h down to max(0, z) along h >= z, h >= 0, so dropping the upper constraints is a
+    relaxation that loses nothing (robustness disjuncts are single rows: about half the binaries go)."""
     if len(pre_lower) != len(chain.hidden) or any(len(p) != h for p, h in zip(pre_lower, chain.hidden, strict=True)):
         raise MilpError(f"intermediate bounds of sizes {[len(p) for p in pre_lower]} for hidden layers {chain.hidden}")
+    if cutoff is not None and not cutoff >= MILP_MARGIN:
+        raise MilpError(f"the cutoff must be at least the margin {MILP_MARGIN:g}, got {cutoff}")
     lo_in = np.asarray(lower, np.float64).reshape(-1)
     hi_in = np.asarray(upper, np.float64).reshape(-1)
     n_in = lo_in.size
     hidden = chain.hidden
-    # variables: x | h_1 | ... | h_{L-1} | a (one binary per unstable neuron) | t
+    C = np.asarray(C, np.float64)
+    CW = C @ chain.weights[-1]
+    rhs = np.asarray(d, np.float64) - C @ chain.biases[-1]
+    convex = np.all(CW >= 0, axis=0) if hidden else np.zeros(0, bool)
+    # variables: x | h_1 | ... | h_{L-1} | a (one binary per unstable, non-convex neuron) | t
     h_start = np.cumsum([n_in, *hidden])[:-1].tolist()  # where each h_k begins
     prev_start = [0, *h_start[:-1]]  # where each layer's input begins (x for the first)
-    states = []
     count = n_in + sum(hidden)
     var_lo, var_hi = [lo_in], [hi_in]
+    rows = _Rows()
+    pending = []
     for k, h in enumerate(hidden):
         lo = np.asarray(pre_lower[k], np.float64).reshape(-1)
         hi = np.asarray(pre_upper[k], np.float64).reshape(-1)
@@ -167,90 +258,121 @@ def solve(
         active = (lo >= 0) | (split > 0)
         inactive = ((hi <= 0) | (split < 0)) & ~active
         unstable = ~active & ~inactive
+        relaxed = unstable & convex if k == len(hidden) - 1 else np.zeros(h, bool)
+        binary = unstable & ~relaxed
         a_col = np.full(h, -1)
-        a_col[unstable] = count + np.arange(int(unstable.sum()))
-        count += int(unstable.sum())
-        states.append((lo, hi, split, active, inactive, unstable, a_col))
+        a_col[binary] = count + np.arange(int(binary.sum()))
+        count += int(binary.sum())
+        pending.append((k, lo, hi, active, unstable, binary, inactive & (split < 0), a_col))
         var_lo.append(np.zeros(h))
         var_hi.append(np.where(inactive, 0.0, np.maximum(hi, 0.0)))
     t_col = count
-    n_var = count + 1
-    rows = _Rows(n_var)
-    for k, h in enumerate(hidden):
-        lo, hi, split, active, inactive, unstable, a_col = states[k]
+    for k, lo, hi, active, unstable, binary, cut, a_col in pending:
         W, b = chain.weights[k], chain.biases[k]
-        for j in range(h):
-            w = W[j]
-            nz = np.flatnonzero(w)
-            z_cols, z_vals = prev_start[k] + nz, w[nz]  # z_j = z_vals · v[z_cols] + b_j
-            h_col = h_start[k] + j
-            if active[j]:  # h = z
-                rows.add([h_col, *z_cols], [1.0, *(-z_vals)], b[j], b[j])
-            elif unstable[j]:
-                rows.add([h_col, *z_cols], [1.0, *(-z_vals)], b[j], np.inf)  # h >= z
-                rows.add([h_col, a_col[j]], [1.0, -hi[j]], -np.inf, 0.0)  # h <= u a
-                rows.add(
-                    [h_col, *z_cols, a_col[j]], [1.0, *(-z_vals), -lo[j]], -np.inf, b[j] - lo[j]
-                )  # h <= z - l(1-a)
-            elif split[j] < 0:  # h = 0 by its bounds; the split asks z <= 0
-                rows.add(list(z_cols), list(z_vals), -np.inf, -b[j])
-    # C y - d <= t with y = W_L h_last + b_L
-    CW = np.asarray(C, np.float64) @ chain.weights[-1]
-    rhs = np.asarray(d, np.float64) - np.asarray(C, np.float64) @ chain.biases[-1]
+        h_cols = h_start[k] + np.arange(len(b))
+        # h = z (active), h >= z (unstable):  h − W v = b  /  h − W v >= b
+        j = np.flatnonzero(active | unstable)
+        r = rows.add(b[j], np.where(active[j], b[j], np.inf))
+        rows.entries(r, h_cols[j], np.ones(len(j)))
+        rows.dense(r, prev_start[k], -W[j])
+        # h <= u a and h − W v − l a <= b − l (unstable with a binary)
+        j = np.flatnonzero(binary)
+        r = rows.add(np.full(len(j), -np.inf), np.zeros(len(j)))
+        rows.entries(
+            np.concatenate([r, r]), np.concatenate([h_cols[j], a_col[j]]), np.concatenate([np.ones(len(j)), -hi[j]])
+        )
+        r = rows.add(np.full(len(j), -np.inf), b[j] - lo[j])
+        rows.entries(
+            np.concatenate([r, r]), np.concatenate([h_cols[j], a_col[j]]), np.concatenate([np.ones(len(j)), -lo[j]])
+        )
+        rows.dense(r, prev_start[k], -W[j])
+        # inactive by a split: z <= 0, W v <= −b
+        j = np.flatnonzero(cut)
+        r = rows.add(np.full(len(j), -np.inf), -b[j])
+        rows.dense(r, prev_start[k], W[j])
+    # C y − d <= t with y = W_L h_last + b_L
     last = h_start[-1] if hidden else 0
-    for r in range(len(rhs)):
-        nz = np.flatnonzero(CW[r])
-        rows.add([*(last + nz), t_col], [*CW[r][nz], -1.0], -np.inf, rhs[r])
+    r = rows.add(np.full(len(rhs), -np.inf), rhs)
+    rows.dense(r, last, CW)
+    rows.entries(r, np.full(len(r), t_col), -np.ones(len(r)))
+    n_var = t_col + 1
     n_a = t_col - (n_in + sum(hidden))
     lb_all = np.concatenate([*var_lo, np.zeros(n_a), [-np.inf]])
     ub_all = np.concatenate([*var_hi, np.ones(n_a), [np.inf]])
     integrality = np.concatenate([np.zeros(n_in + sum(hidden)), np.ones(n_a), [0]])
     cost = np.zeros(n_var)
-    if target is None:
-        cost[t_col] = 1.0
-    else:
+    if target is not None:
         ub_all[t_col] = float(target)
+    elif cutoff is not None:
+        cost[t_col] = 1.0
+        lb_all[t_col], ub_all[t_col] = -CUTOFF_FLOOR, float(cutoff)
+    else:
+        cost[t_col] = 1.0
     options: dict[str, float | bool] = {"mip_rel_gap": 1e-9, "disp": False}
     if time_limit is not None:
-        options["time_limit"] = float(time_limit)
+        options["time_limit"] = max(1e-3, float(time_limit))
     result = milp(
-        cost, constraints=rows.constraint(), bounds=Bounds(lb_all, ub_all), integrality=integrality, options=options
-    )
+        cost, constraints=rows.constraint(n_var), bounds=Bounds(lb_all, ub_all), integrality=integrality,
+        options=options,
+    )  # fmt: skip
     if result.status == 2 and target is not None:  # no point reaches the target: not a proof here
         return MilpResult(f"no point reaches {target:g}", float("nan"), None)
+    if result.status == 2 and cutoff is not None:  # no point reaches the cutoff: t* > cutoff
+        return MilpResult("above", float(cutoff), None)
     if result.status == 2:  # infeasible: the split constraints leave no point
         return MilpResult("optimal", np.inf, None)
     if result.x is None or result.status != 0:
         return MilpResult(
             str(result.message), float("nan"), None if result.x is None else _point(result.x, n_in, chain)
         )
-    if target is not None:
+    if target is not None or cutoff is not None:
         return MilpResult("feasible", float(result.x[t_col]), _point(result.x, n_in, chain))
     return MilpResult("optimal", float(result.x[t_col]), _point(result.x, n_in, chain))
 
 
+def interval_bounds(chain: Chain, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first hidden layer's pre-activation bounds over the box: exact (interval arithmetic is
+    tight for one affine map), and all a one-hidden-layer chain's MILP needs."""
+    lo, hi = np.asarray(lower, np.float64).reshape(-1), np.asarray(upper, np.float64).reshape(-1)
+    W, b = chain.weights[0], chain.biases[0]
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    mid, spread = W @ centre + b, np.abs(W) @ radius
+    return mid - spread, mid + spread
+
+
 class _Rows:
-    """Sparse constraint rows lo <= A v <= hi, collected as triplets."""
+    """Sparse constraint rows lo <= A v <= hi, collected as triplets, a block of rows at a time."""
 
-    def __init__(self, n_var: int) -> None:
-        self.n_var = n_var
-        self.r: list[int] = []
-        self.c: list[int] = []
-        self.v: list[float] = []
-        self.lo: list[float] = []
-        self.hi: list[float] = []
+    def __init__(self) -> None:
+        self.r: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.lo: list[np.ndarray] = []
+        self.hi: list[np.ndarray] = []
+        self.count = 0
 
-    def add(self, cols: Sequence[int], values: Sequence[float], lo: float, hi: float) -> None:
-        row = len(self.lo)
-        self.r.extend([row] * len(cols))
-        self.c.extend(int(c) for c in cols)
-        self.v.extend(float(v) for v in values)
-        self.lo.append(float(lo))
-        self.hi.append(float(hi))
+    def add(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """New rows with these bounds; their indices."""
+        index = self.count + np.arange(len(lo))
+        self.count += len(lo)
+        self.lo.append(np.asarray(lo, np.float64))
+        self.hi.append(np.asarray(hi, np.float64))
+        return index
 
-    def constraint(self) -> LinearConstraint:
-        A = sparse.csr_matrix((self.v, (self.r, self.c)), shape=(len(self.lo), self.n_var))
-        return LinearConstraint(A, np.array(self.lo), np.array(self.hi))
+    def entries(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        self.r.append(np.asarray(rows, np.int64))
+        self.c.append(np.asarray(cols, np.int64))
+        self.v.append(np.asarray(values, np.float64))
+
+    def dense(self, rows: np.ndarray, col_start: int, block: np.ndarray) -> None:
+        """block[i, j] at (rows[i], col_start + j), its nonzeros only."""
+        i, j = np.nonzero(block)
+        self.entries(rows[i], col_start + j, block[i, j])
+
+    def constraint(self, n_var: int) -> LinearConstraint:
+        cat = np.concatenate
+        A = sparse.csr_matrix((cat(self.v), (cat(self.r), cat(self.c))), shape=(self.count, n_var))
+        return LinearConstraint(A, cat(self.lo), cat(self.hi))
 
 
 def _point(x: np.ndarray, n_in: int, chain: Chain) -> np.ndarray:

@@ -13,9 +13,11 @@ Two ways to split, chosen automatically (`mode: auto`) or by the spec:
 * ReLU splitting (`relu`, every norm the bounder supports): β-CROWN with BaBSR choosing the neuron,
   batched domains, β warm-started from the parent, α-CROWN at the root; a domain with no unstable
   neuron left is an LP, solved exactly (`verifier/milp.py`) when the model is a Linear/ReLU chain.
-  On such a chain, after the root, the MILP's feasibility problem (HiGHS) also looks for a violating
-  point of each open disjunct in up to `exact_share` of the budget: a falsifier only, its points go to
-  the judge like any other.
+  On a chain (or a one-hidden-layer graph such as SISA's mean of MLPs) the MILP's decision problem
+  (HiGHS, t kept <= MILP_MARGIN) runs at the root on each open disjunct in up to `exact_share` of the
+  budget: infeasible refutes the disjunct over the whole region, a point goes to the judge. A
+  one-hidden-layer net runs it first, on its exact interval bounds: there HiGHS usually decides in
+  tens of milliseconds what β-CROWN needs seconds of auto_LiRPA calls for.
 
 A falsifier runs in the loop: every bounded domain's bound-minimising point, and PGD from the worst
 domains' points, go to the judge (onnxruntime) before they count. A time budget, a memory cap on the
@@ -24,7 +26,10 @@ back in `BabResult`.
 
 Soundness: `verified` means every leaf of the tree had a certified lower bound of C y − d above
 `CERTIFY_MARGIN` on one row of each disjunct, or was infeasible by its split constraints (pre-activation
-bounds crossing by more than that margin), or an exact LP leaf held by `MILP_MARGIN`.
+bounds crossing by more than that margin), or an exact LP leaf held by `MILP_MARGIN`; a disjunct the
+root's MILP refutes (no point with C y − d <= MILP_MARGIN, big-M from sound layer bounds) is refuted on
+every leaf. Every α/β optimisation stops at the deadline (any step's bound is sound), every LP and MILP
+gets the time left as its limit, so a run overruns its budget by at most one bound call.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from uverify.models.referee import Referee
 from uverify.verifier.bab.bounding import DomainBounder, Region
 from uverify.verifier.bab.falsify import Judge, PropertyJudge, SlackModel
 from uverify.verifier.bab.search import (
-    ExactSearch,
+    ExactStage,
     Falsifier,
     LeafSolver,
     LeafVerdict,
@@ -53,7 +58,7 @@ from uverify.verifier.bab.search import (
     relu_split,
 )
 from uverify.verifier.bounds import Bounder
-from uverify.verifier.milp import Chain, MilpError, chain_of, solve
+from uverify.verifier.milp import MILP_MARGIN, Chain, MilpError, chain_of, interval_bounds, solve
 from uverify.verifier.property import Conjunction, Property, stack_rows
 
 __all__ = [
@@ -180,11 +185,10 @@ class BranchAndBound:
             outcome = input_split(self.domains, region, rows, falsifier, settings)
         else:
             leaf = self._leaf_solver(region, rows) if config.lp_leaves else None
-            exact = self._exact_search(region, rows) if config.exact_share > 0 else None
+            exact = self._exact_stage(region, rows) if config.exact_share > 0 else None
             outcome = relu_split(
-                self.domains, region, rows, falsifier, settings, alpha_root=config.alpha_root, leaf=leaf,
-                exact=exact, exact_share=config.exact_share,
-            )  # fmt: skip
+                self.domains, region, rows, falsifier, settings, alpha_root=config.alpha_root, leaf=leaf, exact=exact
+            )
         return _result(outcome, mode, time.perf_counter() - started)
 
     def verify_property(
@@ -213,7 +217,7 @@ class BranchAndBound:
                 return total.result(result.status, time.perf_counter() - started, result.counterexample)
         return total.result("verified", time.perf_counter() - started)
 
-    def _chain(self, region: Region) -> Chain | None:
+    def _read_chain(self, region: Region) -> Chain | None:
         """The model as a Linear/ReLU chain for the MILP (when it is one and the region is a box)."""
         if region.norm != "inf":
             return None
@@ -223,36 +227,45 @@ class BranchAndBound:
                 self._leaf_chain = chain_of(self.bounder.module, self.bounder.input_shape)
             except MilpError:
                 self._leaf_chain = None
-        chain = self._leaf_chain
-        if chain is None or len(chain.hidden) != len(self.domains.layers):
+        return self._leaf_chain
+
+    def _chain(self, region: Region) -> Chain | None:
+        """The chain, when its hidden layers are the bounder's ReLU layers (split states map onto it)."""
+        chain = self._read_chain(region)
+        if chain is None or chain.hidden != [layer.size for layer in self.domains.layers]:
             return None
         return chain
 
-    def _exact_search(self, region: Region, rows: Rows) -> ExactSearch | None:
-        """The MILP's feasibility problem as a falsifier: a point of the box with C y − d <= −margin on
-        every row of one disjunct, from the root's layer bounds; what it finds goes to the judge."""
-        chain = self._chain(region)
+    def _exact_stage(self, region: Region, rows: Rows) -> ExactStage | None:
+        """The MILP's decision problem per disjunct (t kept <= MILP_MARGIN: infeasible refutes it, a
+        point goes to the judge). A one-hidden-layer chain (SISA's mean of MLPs is one too) runs it first,
+        on its exact interval bounds, in up to `exact_share` of the budget; a deeper chain after α-CROWN,
+        on the root's layer bounds, in up to half that (it has more binaries and BaB more to gain), and
+        only when at most `exact_max_unstable` neurons are unstable."""
+        chain = self._read_chain(region)
         if chain is None:
+            return None
+        shallow = len(chain.hidden) == 1
+        if not shallow and self._chain(region) is None:
             return None
         lower, upper = region.lower.double().numpy(), region.upper.double().numpy()
         C, d, owner = rows.C.double().numpy(), rows.d.double().numpy(), rows.owner.numpy()
         limit = self.config.exact_max_unstable
+        exact_bounds = interval_bounds(chain, lower, upper) if shallow else None
 
-        def search(
-            pre_lower: list[torch.Tensor], pre_upper: list[torch.Tensor], k: int, seconds: float
-        ) -> np.ndarray | None:
-            unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in zip(pre_lower, pre_upper, strict=True))
-            if unstable > limit:
-                return None
+        def search(pre_lower: list[torch.Tensor], pre_upper: list[torch.Tensor], k: int, seconds: float) -> LeafVerdict:
+            if exact_bounds is not None:
+                lo, hi = [exact_bounds[0]], [exact_bounds[1]]
+            else:
+                lo, hi = [t[0].double().numpy() for t in pre_lower], [t[0].double().numpy() for t in pre_upper]
+            if sum(int(((a < 0) & (b > 0)).sum()) for a, b in zip(lo, hi, strict=True)) > limit:
+                return LeafVerdict(False, None)
             mine = owner == k
-            result = solve(
-                chain, lower, upper, C[mine], d[mine],
-                [t[0].double().numpy() for t in pre_lower], [t[0].double().numpy() for t in pre_upper],
-                time_limit=max(0.1, seconds), target=-EXACT_TARGET,
-            )  # fmt: skip
-            return result.point
+            result = solve(chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, cutoff=MILP_MARGIN)
+            return LeafVerdict(result.holds, result.point)
 
-        return search
+        share = self.config.exact_share if shallow else self.config.exact_share / 2
+        return ExactStage(search, share, first=shallow)
 
     def _leaf_solver(self, region: Region, rows: Rows) -> LeafSolver | None:
         """The exact LP for fully split leaves, when the model is a Linear/ReLU chain and the region a box."""
@@ -263,13 +276,17 @@ class BranchAndBound:
         C, d, owner = rows.C.double().numpy(), rows.d.double().numpy(), rows.owner.numpy()
 
         def leaf(
-            pre_lower: list[torch.Tensor], pre_upper: list[torch.Tensor], splits: list[torch.Tensor], k: int
+            pre_lower: list[torch.Tensor],
+            pre_upper: list[torch.Tensor],
+            splits: list[torch.Tensor],
+            k: int,
+            seconds: float,
         ) -> LeafVerdict:
             mine = owner == k
             result = solve(
                 chain, lower, upper, C[mine], d[mine],
                 [t.double().numpy() for t in pre_lower], [t.double().numpy() for t in pre_upper],
-                [t.numpy() for t in splits], time_limit=10.0,
+                [t.numpy() for t in splits], time_limit=seconds,
             )  # fmt: skip
             return LeafVerdict(result.holds, result.point)
 

@@ -121,6 +121,8 @@ class DomainBounder:
         self._opts: dict[str, Any] = copy.deepcopy(lirpa_compat.WORKAROUND_BOUND_OPTS)
         self._row_weight: torch.Tensor | None = None
         self._stop: Callable[[torch.Tensor], Any] | None = None
+        # perf_counter time at which every α/β optimisation stops at its next step (the search's deadline)
+        self.deadline: float | None = None
         self.root_crown_seconds = 0.0  # the last root's CROWN pass: a first estimate of a domain's cost
         self._opts["optimize_bound_args"] = {
             "iteration": max(1, self.beta_iterations),
@@ -156,7 +158,10 @@ class DomainBounder:
         return (bound * weight).sum(1, keepdim=True)
 
     def _stop_criterion(self, bound: torch.Tensor) -> Any:
-        """auto_LiRPA's early stop for α/β: the current call's criterion, or never."""
+        """auto_LiRPA's early stop for α/β: every domain once the deadline has passed (the bounds of any
+        step are sound), else the current call's criterion, or never."""
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            return torch.ones((bound.shape[0], 1), dtype=torch.bool)
         return False if self._stop is None else self._stop(bound)
 
     def _module(self, batch: int) -> Any:
@@ -254,19 +259,32 @@ class DomainBounder:
 
     # ------------------------------------------------------------------------------------- ReLU split
     def root(self, region: Region, C: torch.Tensor, alpha_seconds: float = 0.0) -> ReluBounds:
-        """The whole region, no splits: CROWN, then alpha-CROWN with every layer's bounds optimised (the
-        tightest intermediate bounds a run starts from) for as many of `alpha_iterations` steps as fit in
-        `alpha_seconds`, a step costing about three CROWN passes; none when fewer than two fit."""
+        """The whole region, no splits: CROWN (`root_crown`), then alpha-CROWN (`root_alpha`)."""
+        return self.root_alpha(region, C, self.root_crown(region, C), alpha_seconds)
+
+    def root_crown(self, region: Region, C: torch.Tensor) -> ReluBounds:
+        """CROWN over the whole region, no splits; its time is `root_crown_seconds`."""
         empty = [torch.full((1, layer.size), -math.inf, dtype=self.dtype) for layer in self.layers]
         full = [torch.full((1, layer.size), math.inf, dtype=self.dtype) for layer in self.layers]
         zeros = [torch.zeros((1, layer.size), dtype=torch.int8) for layer in self.layers]
         started = time.perf_counter()
         first = self.domains(region, C, empty, full, zeros, [z.to(self.dtype) for z in zeros], optimise=False)
-        crown = max(time.perf_counter() - started, 1e-4)
-        self.root_crown_seconds = crown
+        self.root_crown_seconds = max(time.perf_counter() - started, 1e-4)
+        return first
+
+    def root_alpha(self, region: Region, C: torch.Tensor, first: ReluBounds, alpha_seconds: float) -> ReluBounds:
+        """alpha-CROWN from the root's CROWN pass `first`, every layer's bounds optimised (the tightest
+        intermediate bounds a run starts from), for as many of `alpha_iterations` steps as fit in
+        `alpha_seconds` by the estimate of three CROWN passes a step (none when fewer than two fit), and
+        never past `alpha_seconds` (nor the deadline) by the clock."""
+        zeros = [torch.zeros((1, layer.size), dtype=torch.int8) for layer in self.layers]
+        crown = self.root_crown_seconds
         iterations = min(self.alpha_iterations, int(alpha_seconds / (3 * crown)))
         if iterations < 2 or not self.layers:
             return first
+        saved_deadline = self.deadline
+        until = time.perf_counter() + alpha_seconds
+        self.deadline = until if saved_deadline is None else min(until, saved_deadline)
         bounded = self._module(1)
         self._set_betas(bounded, zeros, [z.to(self.dtype) for z in zeros])
         x = self._bounded_input(region, 1)
@@ -281,6 +299,7 @@ class DomainBounder:
                     lb, _ = bounded.compute_bounds(x=(x,), C=spec, method="CROWN-Optimized", bound_upper=False)
             finally:
                 opts["iteration"] = saved
+                self.deadline = saved_deadline
             return lb.detach()
 
         lb = self._call("optimising the root bounds", optimise)

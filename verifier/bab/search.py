@@ -35,17 +35,27 @@ from uverify.verifier.bounds import CERTIFY_MARGIN
 MAX_DEPTH = 5
 RELU_DEPTH = 1
 
-# Leaf solver for ReLU domains with nothing left to split: (layer bounds, splits, disjunct) -> verdict
-LeafSolver = Callable[[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], int], "LeafVerdict"]
-# Exact search for a violating point of one disjunct over the whole region (the MILP's feasibility
-# problem): (root layer bounds lower, upper, disjunct, seconds) -> a candidate point for the judge, or None
-ExactSearch = Callable[[list[torch.Tensor], list[torch.Tensor], int, float], "np.ndarray | None"]
+# Leaf solver for ReLU domains with nothing left to split: (layer bounds, splits, disjunct, seconds) -> verdict
+LeafSolver = Callable[[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], int, float], "LeafVerdict"]
+# The MILP on one disjunct over the whole region: (root layer bounds lower, upper, disjunct, seconds) ->
+# refuted (`holds`), or a candidate point for the judge, or neither (out of time)
+ExactSearch = Callable[[list[torch.Tensor], list[torch.Tensor], int, float], "LeafVerdict"]
 
 
 @dataclass(frozen=True)
 class LeafVerdict:
     holds: bool  # the disjunct is infeasible on the leaf (exactly, with a margin)
     point: np.ndarray | None  # else a candidate counterexample, for the judge
+
+
+@dataclass(frozen=True)
+class ExactStage:
+    """The MILP at the root: `search`, given at most `share` of the budget; `first` runs it before
+    α-CROWN (a one-hidden-layer chain, whose MILP needs only the exact interval bounds)."""
+
+    search: ExactSearch
+    share: float
+    first: bool
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ class _Clock:
     def out(self) -> bool:
         return time.perf_counter() >= self.deadline
 
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
     def plan(self, batch: int, queued: int, depth_cap: int) -> tuple[int, int]:
         """(parents to pop, splits per parent): at most 2·batch children, fewer near the deadline; while
         the queue is short each parent is split several times (2^depth children) to fill the batch."""
@@ -158,6 +171,16 @@ def input_split(
 ) -> Outcome:
     """Halve boxes along the dimensions with the largest gradient × width until every box is refuted."""
     clock = _Clock(settings.timeout_s)
+    bounder.deadline = clock.deadline
+    try:
+        return _input_split(bounder, region, rows, falsifier, settings, clock)
+    finally:
+        bounder.deadline = None
+
+
+def _input_split(
+    bounder: DomainBounder, region: Region, rows: Rows, falsifier: Falsifier, settings: SearchSettings, clock: _Clock
+) -> Outcome:
     shape = bounder.input_shape
     lo = region.lower.reshape(1, -1).to(bounder.dtype)
     hi = region.upper.reshape(1, -1).to(bounder.dtype)
@@ -281,25 +304,50 @@ def relu_split(
     *,
     alpha_root: bool,
     leaf: LeafSolver | None,
-    exact: ExactSearch | None = None,
-    exact_share: float = 0.5,
+    exact: ExactStage | None = None,
 ) -> Outcome:
     """β-CROWN branch and bound over ReLU phases, BaBSR choosing the neuron. With `exact`, the MILP
-    first looks for a violating point of each disjunct the root leaves alive (worst bound first), in at
-    most `exact_share` of the time: bounds converge on a violation slowly, the MILP's first feasible
-    point often comes fast, and the judge has the last word on it."""
+    decides each disjunct the root leaves alive (worst bound first) in at most its share of the time:
+    refuted (t* > MILP_MARGIN) or a candidate point, which the judge has the last word on; bounds
+    converge on a violation slowly, and on a small net HiGHS often settles a disjunct faster than BaB."""
     clock = _Clock(settings.timeout_s)
+    bounder.deadline = clock.deadline
+    try:
+        return _relu_split(bounder, region, rows, falsifier, settings, clock, alpha_root, leaf, exact)
+    finally:
+        bounder.deadline = None
+
+
+def _relu_split(
+    bounder: DomainBounder,
+    region: Region,
+    rows: Rows,
+    falsifier: Falsifier,
+    settings: SearchSettings,
+    clock: _Clock,
+    alpha_root: bool,
+    leaf: LeafSolver | None,
+    exact: ExactStage | None,
+) -> Outcome:
     per_domain = sum(layer.size * (3 * 4 + 1) for layer in bounder.layers) + rows.disjuncts + 64
     per_domain += bounder.inputs * 4
-    root = bounder.root(region, rows.C, alpha_seconds=0.25 * settings.timeout_s if alpha_root else 0.0)
+    first = bounder.root_crown(region, rows.C)
     clock.measured(bounder.root_crown_seconds, 1)  # a first (high: one domain alone) estimate
     alive = torch.ones((1, rows.disjuncts), dtype=torch.bool)
     zeros = [torch.zeros((1, layer.size), dtype=torch.int8) for layer in bounder.layers]
-    store = _keep(root, rows, falsifier, region, alive, zeros, torch.full((1,), -math.inf), bounder)
-    bounded, max_queue, iterations = 1, len(store), 0
+    floor = torch.full((1,), -math.inf)
+    store = _keep(first, rows, falsifier, region, alive, zeros, floor, bounder)
     notes: list[str] = []
-    if exact is not None and len(store) and falsifier.found is None:
-        _exact_attack(store, root.lower, rows, falsifier, exact, clock, exact_share, notes)
+    if exact is not None and exact.first and len(store) and falsifier.found is None:
+        store = _exact_stage(store, first.lower, rows, falsifier, exact, clock, notes)
+    if alpha_root and len(store) and falsifier.found is None and not clock.out():
+        root = bounder.root_alpha(region, rows.C, first, alpha_seconds=min(0.25 * settings.timeout_s, clock.left()))
+        if root is not first:
+            store = _keep(root, rows, falsifier, region, store.alive, zeros, floor, bounder)
+        first = root
+    if exact is not None and not exact.first and len(store) and falsifier.found is None:
+        store = _exact_stage(store, first.lower, rows, falsifier, exact, clock, notes)
+    bounded, max_queue, iterations = 1, len(store), 0
     while True:
         if falsifier.found is not None:
             return Outcome("falsified", bounded, max_queue, iterations, -math.inf, falsifier.found, notes)
@@ -311,7 +359,7 @@ def relu_split(
             return Outcome("memory", bounded, max_queue, iterations, float(store.score.min()), None, notes)
         stuck = store.layer[:, 0] < 0
         if bool(stuck.any()):
-            store, status = _settle_leaves(store, stuck, leaf, rows, falsifier, notes)
+            store, status = _settle_leaves(store, stuck, leaf, rows, falsifier, clock, notes)
             if status is not None:
                 return Outcome(status, bounded, max_queue, iterations, float(store.score.min()), None, notes)
             continue
@@ -341,32 +389,37 @@ def relu_split(
         max_queue = max(max_queue, len(store))
 
 
-def _exact_attack(
+def _exact_stage(
     store: _ReluStore,
     root_lower: torch.Tensor,
     rows: Rows,
     falsifier: Falsifier,
-    exact: ExactSearch,
+    exact: ExactStage,
     clock: _Clock,
-    share: float,
     notes: list[str],
-) -> None:
-    """The exact search on each disjunct the root left alive, the worst-bounded first (lowest best-row
-    bound of C y − d at the root), each given an equal part of what is left of `share` of the budget;
-    stops at the first point the judge confirms."""
+) -> _ReluStore:
+    """The MILP on each disjunct the root (one domain) left alive, the worst-bounded first (lowest
+    best-row bound of C y − d at the root), each given an equal part of what is left of the stage's
+    share of the budget. Refuted disjuncts leave the root's alive set (no domain at all when none is
+    left); stops at the first point the judge confirms."""
     lower, upper = [t[:1] for t in store.lower], [t[:1] for t in store.upper]
-    until = clock.start + share * (clock.deadline - clock.start)
+    until = min(clock.deadline, clock.start + exact.share * (clock.deadline - clock.start))
     best = torch.full((1, rows.disjuncts), -torch.inf, dtype=root_lower.dtype)
     best = best.scatter_reduce(1, rows.owner[None], (root_lower[:1] - rows.d).to(best.dtype), reduce="amax")[0]
     order = sorted(store.alive[0].nonzero().view(-1).tolist(), key=lambda k: float(best[k]))
+    alive = store.alive.clone()
     for i, k in enumerate(order):
         left = until - time.perf_counter()
-        if left <= 0.5:
+        if left <= 0.05:
             notes.append(f"the MILP had no time left for {len(order) - i} of {len(order)} open disjuncts")
-            return
-        point = exact(lower, upper, k, left / (len(order) - i))
-        if point is not None and falsifier.confirm(torch.from_numpy(point[None])):
-            return
+            break
+        verdict = exact.search(lower, upper, k, left / (len(order) - i))
+        if verdict.holds:
+            alive[0, k] = False
+        elif verdict.point is not None and falsifier.confirm(torch.from_numpy(verdict.point[None])):
+            break
+    store.alive = alive
+    return store.take(alive.any(dim=1).nonzero().view(-1))
 
 
 def _decided(rows: Rows, alive: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -431,11 +484,12 @@ def _settle_leaves(
     leaf: LeafSolver | None,
     rows: Rows,
     falsifier: Falsifier,
+    clock: _Clock,
     notes: list[str],
 ) -> tuple[_ReluStore, str | None]:
     """Domains with every neuron stable or split: the network is affine there, so an LP decides each
-    alive disjunct exactly. Without an LP (a graph the MILP does not cover) or when it cannot settle
-    them, the search is exhausted."""
+    alive disjunct exactly, each within the time left. Without an LP (a graph the MILP does not cover)
+    or when it cannot settle them, the search is exhausted; at the deadline, it times out."""
     if leaf is None:
         notes.append("a domain has no unstable neuron left and the model is not a Linear/ReLU chain for the LP")
         return store, "exhausted"
@@ -443,13 +497,18 @@ def _settle_leaves(
     for index in stuck.nonzero().view(-1).tolist():
         holds = True
         for k in store.alive[index].nonzero().view(-1).tolist():
+            if clock.out():
+                return store.take((~settled).nonzero().view(-1)), "timeout"
             verdict = leaf(
-                [t[index] for t in store.lower], [t[index] for t in store.upper], [t[index] for t in store.splits], k
-            )
+                [t[index] for t in store.lower], [t[index] for t in store.upper], [t[index] for t in store.splits], k,
+                clock.left(),
+            )  # fmt: skip
             if verdict.point is not None and falsifier.confirm(torch.from_numpy(verdict.point[None])):
                 return store, None  # the loop reports it
             holds = holds and verdict.holds
         if not holds:
+            if clock.out():
+                return store.take((~settled).nonzero().view(-1)), "timeout"
             notes.append("the LP could not settle a leaf within its margin")
             return store, "exhausted"
         settled[index] = True
