@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from uverify.attacks import margin_loss, pgd_for, project_l1_ball
+from uverify.attacks import L2PGD, PGD, margin_loss, pgd_for, project_l1_ball
 from uverify.errors import UverifyError
 
 NORMS = ("inf", "2", "1")
@@ -100,3 +100,38 @@ def test_unknown_norm_and_loss_are_errors() -> None:
         pgd_for("3")
     with pytest.raises(UverifyError, match="loss"):
         pgd_for("inf", loss="hinge")
+
+
+def test_the_fused_l2_step_is_the_direction_then_the_projection() -> None:
+    """L2PGD.step fuses direction, step and projection into per-sample factors: the same point as the
+    base class's composition of `direction` and `project`, up to float round-off; frozen samples stay."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 4, 5, generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    x_adv = (x + 0.1 * noise / _pnorm(noise, "2").view(-1, 1, 1, 1)).clamp(0, 1)  # inside both balls below
+    grad = torch.randn(x.shape, generator=gen)
+    grad[0] = 0.0  # a zero gradient: no step, no NaN
+    lo, hi = torch.zeros_like(x), torch.ones_like(x)
+    frozen = (torch.arange(32) % 4 == 1).view(-1, 1, 1, 1)
+    attack = L2PGD()
+    for eps, alpha in ((0.3, 0.05), (0.12, 0.5)):  # the step stays inside the ball / the projection acts
+        fused = attack.step(x_adv, grad, x, lo, hi, alpha, eps, frozen)
+        composed = PGD.step(attack, x_adv, grad, x, lo, hi, alpha, eps, frozen)
+        assert torch.allclose(fused, composed, atol=1e-6, rtol=0)
+        assert torch.all(_pnorm(fused - x, "2") <= eps * (1 + 1e-5))
+        still = frozen.flatten() | (torch.arange(32) == 0)
+        assert torch.allclose(fused[still], x_adv[still], atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_the_same_seed_gives_the_same_attack(norm: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.rand(24, 6), torch.randint(0, 4, (24,))
+    lo, hi = torch.zeros(1, 6), torch.ones(1, 6)
+    eps = {"inf": 0.1, "2": 0.3, "1": 0.5}[norm]
+    runs = [
+        pgd_for(norm, steps=10, restarts=4).run(model, x, y, eps, lo, hi, torch.Generator().manual_seed(5))
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].margin, runs[1].margin)
