@@ -253,3 +253,22 @@ def test_milp_refuses_a_network_that_is_not_a_relu_chain() -> None:
         chain_of(nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)), (3,))
     chain = chain_of(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), (3,))
     assert isinstance(chain, Chain) and chain.hidden == [4]
+
+
+def test_a_tiny_budget_holds_in_every_stage(tmp_path: Path) -> None:
+    """A judge that confirms nothing on a box full of counterexamples keeps every stage busy to the
+    deadline (α at the root, the MILP, β steps, LP leaves, input splits): each run stops within one bound
+    call of its budget (the old root α ran by an estimate of its steps and overran by several times)."""
+    net = Tiny(3, tmp_path, hidden=(24, 24))
+    lo, hi = np.zeros(4, np.float32), np.ones(4, np.float32)
+    prop = robustness(lo, hi, net.label(0), 3)
+
+    def never(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(len(points), dtype=bool), points
+
+    budget = 1.0
+    for mode, share in (("relu", 0.5), ("relu", 0.0), ("input", 0.0)):
+        config = BabConfig(timeout_s=budget, mode=mode, exact_share=share, attack_every=0)
+        result = BranchAndBound(net.bounder, config).verify_property(prop, judge_for=never)
+        assert result.status == "timeout", (mode, share, result.status)
+        assert result.seconds < budget * 1.6, (mode, share, result.seconds)

@@ -174,6 +174,7 @@ class BranchAndBound:
             attack_every=config.attack_every,
             attack_domains=config.attack_domains,
             attack_steps=config.attack_steps,
+            started=started,
         )
         slack = SlackModel(self.bounder.module, rows.C, rows.d, rows.owner, rows.disjuncts)
         dtype = self.domains.dtype

@@ -66,6 +66,7 @@ class SearchSettings:
     attack_every: int
     attack_domains: int
     attack_steps: int
+    started: float | None = None  # perf_counter time the budget counts from (default: the search's start)
 
 
 @dataclass
@@ -106,8 +107,8 @@ class _Clock:
     """The deadline, and how many domains the time left allows, by the measured seconds per bounded
     domain."""
 
-    def __init__(self, timeout_s: float) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, timeout_s: float, start: float | None = None) -> None:
+        self.start = time.perf_counter() if start is None else start
         self.deadline = self.start + timeout_s
         self.per_domain = 0.0
 
@@ -170,7 +171,7 @@ def input_split(
     bounder: DomainBounder, region: Region, rows: Rows, falsifier: Falsifier, settings: SearchSettings
 ) -> Outcome:
     """Halve boxes along the dimensions with the largest gradient × width until every box is refuted."""
-    clock = _Clock(settings.timeout_s)
+    clock = _Clock(settings.timeout_s, settings.started)
     bounder.deadline = clock.deadline
     try:
         return _input_split(bounder, region, rows, falsifier, settings, clock)
@@ -310,7 +311,7 @@ def relu_split(
     decides each disjunct the root leaves alive (worst bound first) in at most its share of the time:
     refuted (t* > MILP_MARGIN) or a candidate point, which the judge has the last word on; bounds
     converge on a violation slowly, and on a small net HiGHS often settles a disjunct faster than BaB."""
-    clock = _Clock(settings.timeout_s)
+    clock = _Clock(settings.timeout_s, settings.started)
     bounder.deadline = clock.deadline
     try:
         return _relu_split(bounder, region, rows, falsifier, settings, clock, alpha_root, leaf, exact)
