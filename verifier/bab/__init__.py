@@ -28,7 +28,8 @@ Soundness: `verified` means every leaf of the tree had a certified lower bound o
 `CERTIFY_MARGIN` on one row of each disjunct, or was infeasible by its split constraints (pre-activation
 bounds crossing by more than that margin), or an exact LP leaf held by `MILP_MARGIN`; a disjunct the
 root's MILP refutes (no point with C y − d <= MILP_MARGIN, big-M from sound layer bounds) is refuted on
-every leaf. Every α/β optimisation stops at the deadline (any step's bound is sound), every LP and MILP
+every leaf (both exact verdicts only with `lp_leaves`, the default; `uverify vnncomp` turns them off so
+that its `unsat` rests on bounds alone, and the MILP there only proposes points). Every α/β optimisation stops at the deadline (any step's bound is sound), every LP and MILP
 gets the time left as its limit, so a run overruns its budget by at most one bound call.
 """
 
@@ -102,7 +103,9 @@ class BabConfig:
     seed: int = 0
     exact_share: float = 0.5  # ReLU splitting: at most this share of the budget for the MILP falsifier (0: none)
     exact_max_unstable: int = 400  # ... and only when the root leaves at most this many unstable neurons
-    lp_leaves: bool = True  # settle fully split ReLU leaves by the exact LP (off: only bounds decide)
+    # settle fully split ReLU leaves by the exact LP, and let the root MILP refute disjuncts (off: only
+    # bounds decide `verified`; the MILP then only proposes points, as `uverify vnncomp` asks)
+    lp_leaves: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -263,8 +266,9 @@ class BranchAndBound:
                 return LeafVerdict(False, None)
             mine = owner == k
             result = solve(chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, cutoff=MILP_MARGIN)
-            return LeafVerdict(result.holds, result.point)
+            return LeafVerdict(result.holds and refutes, result.point)
 
+        refutes = self.config.lp_leaves
         share = self.config.exact_share if shallow else self.config.exact_share / 2
         return ExactStage(search, share, first=shallow)
 
