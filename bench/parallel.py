@@ -16,7 +16,9 @@ check, and load and trace this check's model once each, as a new model on a long
 would). Every parallel run's files are checked byte for byte against the serial run's; for (c), the
 report (timings left out) and the counterexamples file. "busy cores" is how many of the machine's
 cores were busy during each run, ours and every other process's (with the load average before and
-after): on a shared machine a ratio is only as good as the cores it got. Every run, serial and each
+after): on a shared machine a ratio is only as good as the cores it got. "our CPU" is the CPU time this
+process and its live descendants (the workers) spent in the run, what the run costs whatever the load
+(processes that end within the run, a cold cluster's, are not counted). Every run, serial and each
 worker, uses one torch thread (`compute.threads: 1`; serially `torch.set_num_threads(1)`): the bench
 prints a training step's time at 1 and at torch's default thread count, which on a busy machine
 differ many times over.
@@ -78,16 +80,32 @@ def timed(fn: Callable[[], Any]) -> float:
 class Timing(NamedTuple):
     seconds: float
     busy: float  # cores the whole machine kept busy meanwhile (ours and every other process's)
+    ours: float = 0.0  # CPU seconds of this process and its live descendants (workers) meanwhile
+
+
+def _our_cpu() -> dict[int, float]:
+    """CPU seconds so far of this process and each live descendant (a LocalCluster's nannies and
+    workers, a pool's processes), by pid."""
+    me = psutil.Process()
+    spent = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        spent[proc.pid] = t.user + t.system
+    return spent
 
 
 def measure(fn: Callable[[], Any]) -> Timing:
     """Wall time, and how many of the machine's cores were busy: on a shared machine, what the other
     processes took is what our workers did not get."""
-    before = psutil.cpu_times()
+    before, ours_before = psutil.cpu_times(), _our_cpu()
     seconds = timed(fn)
-    after = psutil.cpu_times()
+    after, ours_after = psutil.cpu_times(), _our_cpu()
     busy = sum(getattr(after, f) - getattr(before, f) for f in ("user", "system", "nice", "irq", "softirq"))
-    return Timing(seconds, busy / seconds)
+    ours = sum(cpu - ours_before.get(pid, 0.0) for pid, cpu in ours_after.items())
+    return Timing(seconds, busy / seconds, ours)
 
 
 def loan_spec(csv: Path, epochs: int) -> Spec:
@@ -109,13 +127,15 @@ def sisa_fit(spec: Spec, splits: Splits, folder: Path, executor: Executor) -> No
 
 class Table:
     def __init__(self) -> None:
-        print(f"  {'case':<55} {'how':<22} {'seconds':>10}  {'ratio':>6}  {'busy cores':>10}  files")
+        print(f"  {'case':<66} {'how':<22} {'seconds':>10}  {'ratio':>6}  {'busy cores':>10}  {'our CPU':>9}  files")
 
     def add(self, case: str, how: str, timing: Timing, serial: Timing, same: bool | None) -> None:
         check = "-" if same is None else ("identical" if same else "DIFFERENT")
         ratio = serial.seconds / timing.seconds
         print(
-            f"  {case:<55} {how:<22} {timing.seconds:8.2f} s  {ratio:5.2f}x  {timing.busy:10.2f}  {check}", flush=True
+            f"  {case:<66} {how:<22} {timing.seconds:8.2f} s  {ratio:5.2f}x  {timing.busy:10.2f}  "
+            f"{timing.ours:7.2f} s  {check}",
+            flush=True,
         )
 
 
@@ -219,7 +239,12 @@ def check_spec(samples: int = 512, method: str = "CROWN") -> Spec:
     return load_spec("mixture", overrides)
 
 
-def bench_check(work: Path, table: Table, method: str = "CROWN") -> None:
+def median_timing(timings: list[Timing]) -> Timing:
+    ordered = sorted(timings)
+    return ordered[len(ordered) // 2]
+
+
+def bench_check(work: Path, table: Table, method: str = "CROWN", repeats: int = 3) -> None:
     """(c): `check` of 512 samples, bounds + PGD, on the mixture spec's quickly trained model."""
     case = f"(c) check 512 samples, {method} + PGD"
     spec = check_spec(method=method)
@@ -249,7 +274,6 @@ def bench_check(work: Path, table: Table, method: str = "CROWN") -> None:
 
     def warm(name: str, executor: Executor) -> tuple[Timing, str]:
         """`check` alone on an open executor whose workers imported the verifier on a smaller check."""
-        check(model, small, small_samples, small_domain, progress=False, executor=executor)
         cex = work / f"c-warm-{name.replace(' ', '-')}.npz"
         holder: list[Any] = []
         timing = measure(
@@ -259,12 +283,25 @@ def bench_check(work: Path, table: Table, method: str = "CROWN") -> None:
         )
         return timing, check_digest(holder[0], cex)
 
-    warm_serial, warm_reference = warm("serial", SERIAL)
-    table.add(case + " [check only]", "serial", warm_serial, warm_serial, None)
-    for name, compute in (("dask 2 workers", DASK2), ("processes 2", POOL2), ("dask 1 worker", DASK1)):
-        with open_executor(compute) as executor:
-            timing, digest = warm(name, executor)
-        table.add(case + " [check only]", f"{name}, warm", timing, warm_serial, digest == warm_reference)
+    # warm: every executor open at once and the runs interleaved, `repeats` rounds, the median of each:
+    # on a shared machine the other processes' load then falls on all of them alike
+    with open_executor(DASK2) as dask2, open_executor(POOL2) as pool2, open_executor(DASK1) as dask1:
+        executors: dict[str, Executor] = {
+            "serial": SERIAL, "dask 2 workers": dask2, "processes 2": pool2, "dask 1 worker": dask1,
+        }  # fmt: skip
+        for executor in executors.values():
+            check(model, small, small_samples, small_domain, progress=False, executor=executor)  # imports done
+        runs: dict[str, list[tuple[Timing, str]]] = {name: [] for name in executors}
+        for _ in range(repeats):
+            for name, executor in executors.items():
+                runs[name].append(warm(name, executor))
+    medians = {name: median_timing([t for t, _ in got]) for name, got in runs.items()}
+    reference_digest = runs["serial"][0][1]
+    label = f"{case} [check only, median of {repeats}]"
+    table.add(label, "serial", medians["serial"], medians["serial"], None)
+    for name in ("dask 2 workers", "processes 2", "dask 1 worker"):
+        same = all(digest == reference_digest for _, digest in runs[name] + runs["serial"])
+        table.add(label, f"{name}, warm", medians[name], medians["serial"], same)
     print(
         "      (c)'s verdicts: "
         + "; ".join(
@@ -281,6 +318,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="train.epochs of the loan spec")
     parser.add_argument("--skip-study", action="store_true", help="leave out (d)")
     parser.add_argument("--only", choices=["c"], help="run only this case (and the Dask overhead lines)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (c)'s warm runs (the median is shown)")
     parser.add_argument(
         "--check-methods", nargs="+", default=["CROWN", "alpha-CROWN"], help="bound methods of (c), one row group each"
     )
@@ -310,7 +348,7 @@ def main() -> None:
             serial_run = bench_sisa(spec, splits, work, table)
             bench_deletion(serial_run, splits, work, table)
         for method in args.check_methods:
-            bench_check(work, table, method)
+            bench_check(work, table, method, args.repeats)
         if not args.skip_study and args.only is None:
             bench_study(work, table)
         start = timed(lambda: _open_close(DASK2))
