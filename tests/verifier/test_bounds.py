@@ -311,3 +311,28 @@ def test_method_and_norm_names_are_forgiving_about_case_and_spelling():
     a = margin_lower_bounds(model, x, y, 0.1, "Linf", "crown")
     b = margin_lower_bounds(model, x, y, 0.1, math.inf, "CROWN")
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_alpha_crown_bounds_only_unstable_neurons_and_gets_the_dense_bounds(model_name):
+    """lirpa_compat lets alpha-CROWN with shared alpha re-bound only the unstable neurons of each layer
+    (a sparse C, as CROWN's pass does): the margins are those auto_LiRPA's dense path gives, up to
+    float32 round-off, and never below CROWN's."""
+    make, shape = MODELS[model_name]
+    torch.manual_seed(7)
+    x = torch.rand(5, *shape)
+    y = torch.arange(5) % NUM_CLASSES
+    eps = 0.05  # some neurons stable, some not: the sparse and the dense C differ
+    sparse = Bounder(make(), shape, "alpha-CROWN", alpha_iterations=ALPHA_ITERATIONS)
+    bounded, _ = sparse._bounded(len(x))
+    assert getattr(bounded, "__uverify_sparse_shared_alpha__", False)
+    got = sparse.margins(x, y, eps, "inf", 0.0, 1.0)
+    shared = [n for n in bounded._modules.values() if isinstance(getattr(n, "alpha", None), dict) and n.alpha]
+    assert any(a.size(1) == 1 for n in shared for a in n.alpha.values())  # intermediate layers share
+    dense = Bounder(make(), shape, "alpha-CROWN", alpha_iterations=ALPHA_ITERATIONS)
+    plain, _ = dense._bounded(len(x))
+    del plain.__dict__["check_optimized_variable_sparsity"]  # auto_LiRPA's own rule: dense every iteration
+    expected = dense.margins(x, y, eps, "inf", 0.0, 1.0)
+    crown = Bounder(make(), shape, "CROWN").margins(x, y, eps, "inf", 0.0, 1.0)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(got >= crown - 1e-5)
