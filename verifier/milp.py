@@ -211,6 +211,7 @@ def solve(
     time_limit: float | None = None,
     target: float | None = None,
     cutoff: float | None = None,
+    cut_rounds: int = 0,
 ) -> MilpResult:
     """min over x in [lower, upper] of max_rows (C y − d), exactly (up to HiGHS's tolerances).
 
@@ -229,7 +230,13 @@ def solve(
 
     A last-layer neuron whose output enters every row with a coefficient >= 0 gets no binary: the
     minimum pushes its h down to max(0, z) along h >= z, h >= 0, so dropping the upper constraints is a
-    relaxation that loses nothing (robustness disjuncts are single rows: about half the binaries go)."""
+    relaxation that loses nothing (robustness disjuncts are single rows: about half the binaries go).
+
+    `cut_rounds` > 0 (with `cutoff`) first tightens the first hidden layer's big-M encoding by that many
+    rounds of LP relaxation + separation of the ideal single-neuron cuts of Anderson et al. ("Strong
+    mixed-integer programming formulations for trained neural networks", Math. Prog. 2020, Thm. 1):
+    valid for every integer point, so refuting with them stays exact; an LP round that is infeasible
+    refutes already."""
     if len(pre_lower) != len(chain.hidden) or any(len(p) != h for p, h in zip(pre_lower, chain.hidden, strict=True)):
         raise MilpError(f"intermediate bounds of sizes {[len(p) for p in pre_lower]} for hidden layers {chain.hidden}")
     if cutoff is not None and not cutoff >= MILP_MARGIN:
@@ -308,6 +315,14 @@ def solve(
         lb_all[t_col], ub_all[t_col] = -CUTOFF_FLOOR, float(cutoff)
     else:
         cost[t_col] = 1.0
+    if cut_rounds > 0 and cutoff is not None and hidden:
+        k, lo, hi, active, unstable, binary, cut, a_col = pending[0]
+        refuted = _strong_cuts(
+            rows, chain.weights[0], chain.biases[0], lo_in, hi_in, np.flatnonzero(binary), a_col, h_start[0],
+            cost, Bounds(lb_all, ub_all), n_var, cut_rounds,
+        )  # fmt: skip
+        if refuted:
+            return MilpResult("above", float(cutoff), None)
     options: dict[str, float | bool] = {"mip_rel_gap": 1e-9, "disp": False}
     if time_limit is not None:
         options["time_limit"] = max(1e-3, float(time_limit))
@@ -328,6 +343,57 @@ def solve(
     if target is not None or cutoff is not None:
         return MilpResult("feasible", float(result.x[t_col]), _point(result.x, n_in, chain))
     return MilpResult("optimal", float(result.x[t_col]), _point(result.x, n_in, chain))
+
+
+def _strong_cuts(
+    rows: _Rows,
+    W: np.ndarray,
+    b: np.ndarray,
+    lo_in: np.ndarray,
+    hi_in: np.ndarray,
+    neurons: np.ndarray,
+    a_col: np.ndarray,
+    h_start: int,
+    cost: np.ndarray,
+    bounds: Bounds,
+    n_var: int,
+    rounds: int,
+) -> bool:
+    """Add violated ideal cuts y <= Σ_{i∈I} w_i (x_i − L̆_i (1 − a)) + (b + Σ_{i∉I} w_i Ŭ_i) a for the
+    first layer's binary neurons (L̆, Ŭ: the box corner minimising, maximising w_i x_i), the most violated
+    I per neuron at the LP point, for `rounds` rounds; True when an LP relaxation is infeasible."""
+    if len(neurons) == 0:
+        return False
+    w = W[neurons]
+    l_breve = np.where(w >= 0, lo_in, hi_in)
+    u_breve = np.where(w >= 0, hi_in, lo_in)
+    n_in = len(lo_in)
+    zeros = np.zeros(n_var)
+    for _ in range(rounds):
+        lp = milp(cost, constraints=rows.constraint(n_var), bounds=bounds, integrality=zeros, options={"disp": False})
+        if lp.status == 2:
+            return True
+        if lp.x is None or lp.status != 0:
+            return False
+        x, a, h = lp.x[:n_in], lp.x[a_col[neurons]], lp.x[h_start + neurons]
+        inside = w * (x - l_breve * (1 - a[:, None]))
+        outside = w * u_breve * a[:, None]
+        take = inside < outside
+        bound = np.where(take, inside, outside).sum(1) + b[neurons] * a
+        violated = np.flatnonzero(h > bound + 1e-6 * np.maximum(1.0, np.abs(bound)))
+        if len(violated) == 0:
+            return False
+        for j in violated:
+            sel = take[j]
+            coef_a = float((w[j] * l_breve[j])[sel].sum() + b[neurons[j]] + (w[j] * u_breve[j])[~sel].sum())
+            r = rows.add(np.array([-np.inf]), np.array([-(w[j] * l_breve[j])[sel].sum()]))
+            cols = np.flatnonzero(sel & (w[j] != 0))
+            rows.entries(
+                np.full(len(cols) + 2, r[0]),
+                np.concatenate([[h_start + neurons[j], a_col[neurons[j]]], cols]),
+                np.concatenate([[1.0, -coef_a], -w[j][cols]]),
+            )
+    return False
 
 
 def interval_bounds(chain: Chain, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

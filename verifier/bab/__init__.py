@@ -27,10 +27,11 @@ back in `BabResult`.
 Soundness: `verified` means every leaf of the tree had a certified lower bound of C y − d above
 `CERTIFY_MARGIN` on one row of each disjunct, or was infeasible by its split constraints (pre-activation
 bounds crossing by more than that margin), or an exact LP leaf held by `MILP_MARGIN`; a disjunct the
-root's MILP refutes (no point with C y − d <= MILP_MARGIN, big-M from sound layer bounds) is refuted on
-every leaf (both exact verdicts only with `lp_leaves`, the default; `uverify vnncomp` turns them off so
-that its `unsat` rests on bounds alone, and the MILP there only proposes points). Every α/β optimisation stops at the deadline (any step's bound is sound), every LP and MILP
-gets the time left as its limit, so a run overruns its budget by at most one bound call.
+root's MILP refutes (no point with C y − d <= MILP_MARGIN, big-M from sound layer bounds, plus ideal
+cuts valid for every integer point) is refuted on every leaf. Both exact verdicts need `lp_leaves`, the
+default; `uverify vnncomp` turns them off so that its `unsat` rests on bounds alone, and the MILP there
+only proposes points. Every α/β optimisation stops at the deadline (any step's bound is sound), every
+LP and MILP gets the time left as its limit, so a run overruns its budget by at most one bound call.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class BabConfig:
     seed: int = 0
     exact_share: float = 0.5  # ReLU splitting: at most this share of the budget for the MILP falsifier (0: none)
     exact_max_unstable: int = 400  # ... and only when the root leaves at most this many unstable neurons
+    # one-hidden-layer nets: the MILP's share instead (it decides most of them, β-CROWN few of the rest)
+    shallow_share: float = 0.8
+    cut_rounds: int = 5  # rounds of ideal cuts on the first layer before the MILP (0: plain big-M)
     # settle fully split ReLU leaves by the exact LP, and let the root MILP refute disjuncts (off: only
     # bounds decide `verified`; the MILP then only proposes points, as `uverify vnncomp` asks)
     lp_leaves: bool = True
@@ -114,8 +118,10 @@ class BabConfig:
             raise BabError(f"unknown branch-and-bound mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not self.memory_mb > 0:
             raise BabError(f"the branch-and-bound memory cap must be positive, got {self.memory_mb} MB")
-        if not 0 <= self.exact_share <= 1:
-            raise BabError(f"the MILP falsifier's share of the budget must lie in [0, 1], got {self.exact_share}")
+        if not (0 <= self.exact_share <= 1 and 0 <= self.shallow_share <= 1):
+            raise BabError(
+                f"the MILP's shares of the budget must lie in [0, 1], got {self.exact_share}, {self.shallow_share}"
+            )
         if self.batch < 1 or self.beta_iterations < 0 or self.attack_every < 0 or self.attack_steps < 1:
             raise BabError("batch and attack_steps must be at least 1, beta_iterations and attack_every at least 0")
 
@@ -243,9 +249,9 @@ class BranchAndBound:
     def _exact_stage(self, region: Region, rows: Rows) -> ExactStage | None:
         """The MILP's decision problem per disjunct (t kept <= MILP_MARGIN: infeasible refutes it, a
         point goes to the judge). A one-hidden-layer chain (SISA's mean of MLPs is one too) runs it first,
-        on its exact interval bounds, in up to `exact_share` of the budget; a deeper chain after α-CROWN,
-        on the root's layer bounds, in up to half that (it has more binaries and BaB more to gain), and
-        only when at most `exact_max_unstable` neurons are unstable."""
+        on its exact interval bounds, in up to `shallow_share` of the budget; a deeper chain after α-CROWN,
+        on the root's layer bounds, in up to half `exact_share` (it has more binaries and BaB more to
+        gain), and only when at most `exact_max_unstable` neurons are unstable. `exact_share` 0: none."""
         chain = self._read_chain(region)
         if chain is None:
             return None
@@ -265,11 +271,13 @@ class BranchAndBound:
             if sum(int(((a < 0) & (b > 0)).sum()) for a, b in zip(lo, hi, strict=True)) > limit:
                 return LeafVerdict(False, None)
             mine = owner == k
-            result = solve(chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, cutoff=MILP_MARGIN)
+            result = solve(
+                chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, cutoff=MILP_MARGIN, cut_rounds=rounds
+            )
             return LeafVerdict(result.holds and refutes, result.point)
 
-        refutes = self.config.lp_leaves
-        share = self.config.exact_share if shallow else self.config.exact_share / 2
+        refutes, rounds = self.config.lp_leaves, self.config.cut_rounds
+        share = self.config.shallow_share if shallow else self.config.exact_share / 2
         return ExactStage(search, share, first=shallow)
 
     def _leaf_solver(self, region: Region, rows: Rows) -> LeafSolver | None:
