@@ -105,7 +105,7 @@ class BabConfig:
     exact_share: float = 0.5  # ReLU splitting: at most this share of the budget for the MILP falsifier (0: none)
     exact_max_unstable: int = 400  # ... and only when the root leaves at most this many unstable neurons
     # one-hidden-layer nets: the MILP's share instead (it decides most of them, β-CROWN few of the rest)
-    shallow_share: float = 0.8
+    shallow_share: float = 0.35
     cut_rounds: int = 5  # rounds of ideal cuts on the first layer before the MILP (0: plain big-M)
     # settle fully split ReLU leaves by the exact LP, and let the root MILP refute disjuncts (off: only
     # bounds decide `verified`; the MILP then only proposes points, as `uverify vnncomp` asks)
