@@ -439,7 +439,10 @@ class _CachedMargins:
         bounder = self._bounders.get(shard.index)
         if bounder is None:
             input_shape = tuple(x.shape[1:])
-            bounder = _ShardBounder(plan.modules[shard.index], input_shape, spec.verify.method)
+            bounder = _ShardBounder(
+                plan.modules[shard.index], input_shape, spec.verify.method,
+                trace_batch=min(spec.verify.batch_size, len(x)),  # the batches' size: traced once, not twice
+            )  # fmt: skip
             self._bounders[shard.index] = bounder
         norm, batch = spec.property.norm, spec.verify.batch_size
         lower_t, upper_t = torch.from_numpy(lower), torch.from_numpy(upper)

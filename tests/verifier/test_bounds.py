@@ -336,3 +336,13 @@ def test_alpha_crown_bounds_only_unstable_neurons_and_gets_the_dense_bounds(mode
     crown = Bounder(make(), shape, "CROWN").margins(x, y, eps, "inf", 0.0, 1.0)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert torch.all(got >= crown - 1e-5)
+
+
+def test_trace_batch_traces_the_batch_size_that_will_be_bounded_once():
+    model, shape = _mlp(), (6,)
+    bounder = Bounder(model, shape, "CROWN", trace_batch=4)
+    assert list(bounder._cache) == [4]
+    bounder.margins(torch.rand(4, 6), torch.arange(4) % NUM_CLASSES, 0.01)
+    assert list(bounder._cache) == [4]  # no second trace
+    with pytest.raises(BoundsError, match="trace_batch"):
+        Bounder(model, shape, "CROWN", trace_batch=0)
