@@ -18,6 +18,7 @@ keeps solver tolerances (1e-7 relative) from deciding a verdict.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -237,6 +238,7 @@ def solve(
     mixed-integer programming formulations for trained neural networks", Math. Prog. 2020, Thm. 1):
     valid for every integer point, so refuting with them stays exact; an LP round that is infeasible
     refutes already."""
+    started = time.perf_counter()
     if len(pre_lower) != len(chain.hidden) or any(len(p) != h for p, h in zip(pre_lower, chain.hidden, strict=True)):
         raise MilpError(f"intermediate bounds of sizes {[len(p) for p in pre_lower]} for hidden layers {chain.hidden}")
     if cutoff is not None and not cutoff >= MILP_MARGIN:
@@ -319,10 +321,12 @@ def solve(
         k, lo, hi, active, unstable, binary, cut, a_col = pending[0]
         refuted = _strong_cuts(
             rows, chain.weights[0], chain.biases[0], lo_in, hi_in, np.flatnonzero(binary), a_col, h_start[0],
-            cost, Bounds(lb_all, ub_all), n_var, cut_rounds,
+            cost, Bounds(lb_all, ub_all), n_var, cut_rounds, None if time_limit is None else started + time_limit,
         )  # fmt: skip
         if refuted:
             return MilpResult("above", float(cutoff), None)
+        if time_limit is not None:
+            time_limit = started + time_limit - time.perf_counter()
     options: dict[str, float | bool] = {"mip_rel_gap": 1e-9, "disp": False}
     if time_limit is not None:
         options["time_limit"] = max(1e-3, float(time_limit))
@@ -358,10 +362,12 @@ def _strong_cuts(
     bounds: Bounds,
     n_var: int,
     rounds: int,
+    deadline: float | None,
 ) -> bool:
     """Add violated ideal cuts y <= Σ_{i∈I} w_i (x_i − L̆_i (1 − a)) + (b + Σ_{i∉I} w_i Ŭ_i) a for the
     first layer's binary neurons (L̆, Ŭ: the box corner minimising, maximising w_i x_i), the most violated
-    I per neuron at the LP point, for `rounds` rounds; True when an LP relaxation is infeasible."""
+    I per neuron at the LP point, for `rounds` rounds (each LP within what is left before `deadline`);
+    True when an LP relaxation is infeasible."""
     if len(neurons) == 0:
         return False
     w = W[neurons]
@@ -370,7 +376,13 @@ def _strong_cuts(
     n_in = len(lo_in)
     zeros = np.zeros(n_var)
     for _ in range(rounds):
-        lp = milp(cost, constraints=rows.constraint(n_var), bounds=bounds, integrality=zeros, options={"disp": False})
+        options: dict[str, float | bool] = {"disp": False}
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return False
+            options["time_limit"] = left
+        lp = milp(cost, constraints=rows.constraint(n_var), bounds=bounds, integrality=zeros, options=options)
         if lp.status == 2:
             return True
         if lp.x is None or lp.status != 0:
