@@ -603,45 +603,7 @@ def _describe(name: str, run: Any) -> str:
     )
 
 
-def _vnncomp_on_compute(command: click.Command) -> click.Command:
-    """vnn/cli.py's `vnncomp` with `--workers N` and `--scheduler ADDRESS` for `--instances`: the
-    options are parsed here, like every command's, and set where vnn/runner.py runs the list."""
-    inner = command.callback
-    assert inner is not None
-
-    def callback(workers: int | None, scheduler: str | None, **kwargs: Any) -> Any:
-        if workers is None and scheduler is None:
-            return inner(**kwargs)
-        if kwargs.get("instances") is None:
-            raise UverifyError("--workers and --scheduler run an instance list in parallel; give --instances")
-        from uverify.vnn.runner import parallel
-
-        with parallel(workers, scheduler):
-            return inner(**kwargs)
-
-    extra = (
-        "\n\n    With --instances and --workers N, N instances run at once, each in its own process under its own\n"
-        "    clock (keep N at or below the cores); with --scheduler, each instance is a Dask task on that\n"
-        "    scheduler's workers, its files shipped to them. The results CSV keeps the list's order."
-    )
-    help_text = command.help or ""
-    at = help_text.find("\n\n    \b\n    Examples:")
-    help_text = help_text + extra if at < 0 else help_text[:at] + extra + help_text[at:]
-    options = [
-        click.Option(["--workers"], type=int, metavar="N", help="With --instances: N instances at once, here."),
-        click.Option(
-            ["--scheduler"], metavar="ADDRESS",
-            help="With --instances: run them on this Dask scheduler's workers (tcp://HOST:PORT); with --workers, "
-            "wait for N of them.",
-        ),
-    ]  # fmt: skip
-    return click.Command(
-        command.name, params=[*command.params, *options], callback=callback, help=help_text,
-        context_settings=command.context_settings, short_help=command.short_help,
-    )  # fmt: skip
-
-
-cli.add_command(_vnncomp_on_compute(vnncomp))
+cli.add_command(vnncomp)
 
 
 def main() -> None:

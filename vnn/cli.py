@@ -39,6 +39,13 @@ __all__ = ["vnncomp"]
     type=click.Path(dir_okay=False, path_type=Path),
     help="A CSV with onnx, vnnlib and a truth column, for the score (a truth column in the list also works).",
 )
+@click.option("--workers", type=int, metavar="N", help="With --instances: N instances at once, on this machine.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="With --instances: run them on this Dask scheduler's workers (tcp://HOST:PORT); with --workers, wait "
+    "for N of them.",
+)
 def vnncomp(
     network: Path | None,
     prop: Path | None,
@@ -47,6 +54,8 @@ def vnncomp(
     timeout: float | None,
     out: Path | None,
     ground_truth: Path | None,
+    workers: int | None,
+    scheduler: str | None,
 ) -> None:
     """Verify VNN-COMP instances: ONNX network + VNN-LIB property (1.0 or 2.0, gzipped allowed).
 
@@ -56,6 +65,10 @@ def vnncomp(
     run s), the result files go to the folder beside it named like it, and with a ground truth the
     VNN-COMP score is printed per category (+10 correct, -150 wrong). Exit code 0 whatever the
     verdicts; 2 for bad input.
+
+    With --instances and --workers N, N instances run at once, each in its own process under its own
+    clock (keep N at or below the cores); with --scheduler, each instance is a Dask task on that
+    scheduler's workers, its files shipped to them. The results CSV keeps the list's order.
 
     \b
     Examples:
@@ -68,10 +81,12 @@ def vnncomp(
     if instances is not None:
         if network is not None or prop is not None:
             raise UverifyError("give either NETWORK PROP.vnnlib or --instances, not both")
-        _run_list(instances, root, timeout, out or Path("results.csv"), ground_truth)
+        _run_list(instances, root, timeout, out or Path("results.csv"), ground_truth, workers, scheduler)
         return
     if network is None or prop is None:
         raise UverifyError("give NETWORK.onnx PROP.vnnlib, or --instances LIST.csv")
+    if workers is not None or scheduler is not None:
+        raise UverifyError("--workers and --scheduler run an instance list in parallel; give --instances")
     if root is not None or ground_truth is not None:
         raise UverifyError("--root and --ground-truth go with --instances")
     _run_one(network, prop, timeout, out, start)
@@ -100,13 +115,22 @@ def _run_one(network: Path, prop: Path, timeout: float | None, out: Path | None,
         click.echo(f"error: {outcome.message}", err=True)
 
 
-def _run_list(instances: Path, root: Path | None, timeout: float | None, out: Path, ground_truth: Path | None) -> None:
+def _run_list(
+    instances: Path,
+    root: Path | None,
+    timeout: float | None,
+    out: Path,
+    ground_truth: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+) -> None:
     from uverify.vnn.results import read_ground_truth, read_instances, render_score
-    from uverify.vnn.runner import results_folder, run_instances, with_truth
+    from uverify.vnn.runner import instance_workers, results_folder, run_instances, with_truth
 
     rows = read_instances(instances, root)
     if ground_truth is not None:
         rows = with_truth(rows, read_ground_truth(ground_truth))
-    results = run_instances(rows, out, timeout_cap=timeout, echo=click.echo)
+    with instance_workers(workers, scheduler) as (at_once, executor):
+        results = run_instances(rows, out, timeout_cap=timeout, echo=click.echo, workers=at_once, executor=executor)
     click.echo(render_score(results))
     click.echo(f"results: {out}  result files: {results_folder(out)}")

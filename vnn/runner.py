@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -57,7 +56,7 @@ __all__ = [
     "KILL_MARGIN",
     "WORKER",
     "Outcome",
-    "parallel",
+    "instance_workers",
     "result_path",
     "results_folder",
     "run_instance",
@@ -226,9 +225,7 @@ def run_instances(
     is done, the result files go to the folder named like the CSV without its suffix. A row whose input
     is bad is `error`, the run goes on. `workers` instances run at once in local children; `executor`
     (compute.py's Dask executor) runs each as a task on its workers instead (see the module docstring);
-    both default to what `parallel` set, else one instance at a time."""
-    if workers is None and executor is None:
-        workers, executor = _PARALLEL.get()
+    by default one instance at a time."""
     workers = workers or 1
     out = Path(out_csv)
     folder = results_folder(out)
@@ -270,31 +267,23 @@ def run_instances(
     return results
 
 
-_PARALLEL: ContextVar[tuple[int, Any]] = ContextVar("vnncomp_parallel", default=(1, None))
-
-
 @contextmanager
-def parallel(workers: int | None, scheduler: str | None) -> Iterator[None]:
-    """`run_instances`'s default within the block, from `--workers N` (N local children at once) and
-    `--scheduler ADDRESS` (tasks on that Dask scheduler's workers, N of them waited for). Bad values
-    are a one-line error blaming the option; the scheduler is connected to before the block starts, so
-    one that cannot be reached changes nothing."""
+def instance_workers(workers: int | None, scheduler: str | None) -> Iterator[tuple[int, Any]]:
+    """(instances at once, Dask executor or None) for `run_instances`, from `--workers N` (N local
+    children at once) and `--scheduler ADDRESS` (tasks on that Dask scheduler's workers, N of them
+    waited for). Bad values are a one-line error blaming the option; the scheduler is connected to
+    before the block starts, so one that cannot be reached changes nothing."""
     from uverify.compute import compute_from_options, open_executor
 
+    if workers is None and scheduler is None:
+        yield 1, None
+        return
     compute = compute_from_options(workers, scheduler)
     if compute.address is None:
-        token = _PARALLEL.set((compute.workers or 1, None))
-        try:
-            yield
-        finally:
-            _PARALLEL.reset(token)
+        yield compute.workers or 1, None
         return
     with open_executor(compute) as executor:
-        token = _PARALLEL.set((executor.workers, executor))
-        try:
-            yield
-        finally:
-            _PARALLEL.reset(token)
+        yield executor.workers, executor
 
 
 def _limit(instance: Instance, timeout_cap: float | None) -> float | None:
