@@ -33,6 +33,12 @@ class Referee:
             data = Path(model).read_bytes()
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # one thread that does not spin: the referee runs small batches beside torch (and, on an executor,
+        # beside other workers), where onnxruntime's default (a thread per core, spinning after each run)
+        # takes cores from them; one thread also gives the same bits on every machine and executor
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, ...)
