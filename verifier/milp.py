@@ -18,6 +18,7 @@ keeps solver tolerances (1e-7 relative) from deciding a verdict.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from uverify.verifier.onnx_import import OnnxGraphModule
 MILP_MARGIN = 1e-4
 CUTOFF_FLOOR = 1e-3  # the decision problem's t stops here: a point this far inside is proof enough for the judge
 _BOUND_SLACK = 1e-5  # widen CROWN's bounds by this (relative to max(1, |bound|)) for the big-M terms
-_AFFINE_CHECK = 1e-4
+_AFFINE_CHECK = 1e-4  # a segment read in float32 is affine to this (relative to max(1, |output|))
+_AFFINE_CHECK_64 = 1e-9  # ... read in float64: the chain is then the network's function to float64 rounding
 
 
 class MilpError(UverifyError):
@@ -72,6 +74,8 @@ def chain_of(module: nn.Module, input_shape: Sequence[int]) -> Chain:
     """The module as a chain of affine segments between ReLUs, or a `MilpError` saying why not. A graph
     that is not a chain may still be one hidden layer (SISA's mean of member MLPs: parallel ReLU
     layers on the input, an affine map of their outputs): then the one-layer chain of them all."""
+    module = _in_float64(module, tuple(int(s) for s in input_shape))
+    tolerance = _tolerance(module)
     try:
         steps = _steps(module)
     except MilpError as error:
@@ -98,10 +102,10 @@ def chain_of(module: nn.Module, input_shape: Sequence[int]) -> Chain:
             flat = out.reshape(size + 1, -1)
             bias, weight = flat[0], (flat[1:] - flat[0]).T
             probe = torch.rand((8, *shape), generator=gen) * 2 - 1
-            got = run(probe).double().reshape(8, -1)
+            got = run(probe.to(torch.float64) if _is_double(run) else probe).double().reshape(8, -1)
             want = probe.reshape(8, -1).double() @ weight.T + bias
             scale = float(got.abs().max().clamp_min(1.0))
-            if float((got - want).abs().max()) > _AFFINE_CHECK * scale:
+            if float((got - want).abs().max()) > tolerance * scale:
                 names = ", ".join(type(m).__name__ for m in segment) or "(empty)"
                 raise MilpError(f"the MILP needs affine layers between the ReLUs; this segment is not: {names}")
             weights.append(weight.numpy())
@@ -152,7 +156,7 @@ def _one_hidden_layer(module: nn.Module, input_shape: Sequence[int]) -> Chain:
             b1, W1 = flat[0], (flat[1:] - flat[0]).T
             probe = torch.rand((8, *shape), generator=gen) * 2 - 1
             got, want = pre(probe), probe.reshape(8, -1).double() @ W1.T + b1
-            if float((got - want).abs().max()) > _AFFINE_CHECK * float(got.abs().max().clamp_min(1.0)):
+            if float((got - want).abs().max()) > _tolerance(module) * float(got.abs().max().clamp_min(1.0)):
                 raise MilpError("the MILP needs the ReLUs' inputs affine in the network's input")
             hidden = int(W1.shape[0])
             replace[0] = torch.cat([torch.zeros(1, hidden), torch.eye(hidden)]).double()
@@ -164,7 +168,7 @@ def _one_hidden_layer(module: nn.Module, input_shape: Sequence[int]) -> Chain:
             seen.clear()
             got = module(probe.to(dtype)).double().reshape(8, -1)
             want = h_probe @ W2.T + b2
-            if float((got - want).abs().max()) > _AFFINE_CHECK * float(got.abs().max().clamp_min(1.0)):
+            if float((got - want).abs().max()) > _tolerance(module) * float(got.abs().max().clamp_min(1.0)):
                 raise MilpError("the MILP needs the output affine in the ReLUs' outputs alone")
     finally:
         for handle in handles:
@@ -174,6 +178,26 @@ def _one_hidden_layer(module: nn.Module, input_shape: Sequence[int]) -> Chain:
 
 def _is_double(module: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in module.parameters())
+
+
+def _in_float64(module: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """A float64 copy of the module when it runs in float64: its weights are then read exactly (every
+    float32 number is a float64 one), so the chain is the network's own function up to float64 rounding
+    and the affine checks hold to `_AFFINE_CHECK_64`. A module that does not run in float64 (an op with
+    float32 constants) is read as it is, in float32, to `_AFFINE_CHECK`."""
+    if _is_double(module):
+        return module
+    double = copy.deepcopy(module).double().eval()
+    try:
+        with torch.no_grad():
+            double(torch.zeros((1, *input_shape), dtype=torch.float64))
+    except Exception:  # whatever the op raises, the float32 reading is the way
+        return module
+    return double
+
+
+def _tolerance(module: nn.Module) -> float:
+    return _AFFINE_CHECK_64 if _is_double(module) else _AFFINE_CHECK
 
 
 def _steps(module: nn.Module) -> list[nn.Module]:
