@@ -626,8 +626,10 @@ class _Checker:
 
     def _new_bounders(self) -> list[Bounder]:
         target, method = self.target, self.spec.verify.method
+        # traced at the batches' size, which the first batch then uses (a trace costs ~0.1 s per member)
+        first = max(1, min(self.spec.verify.batch_size, int(self.inputs.correct.sum())))
         return [
-            Bounder(module, target.input_shape, method, num_classes=self.inputs.num_classes)
+            Bounder(module, target.input_shape, method, num_classes=self.inputs.num_classes, trace_batch=first)
             for module in target.members
         ]
 
