@@ -76,6 +76,7 @@ bench-incremental: $(STAMP)
 # the unknown samples before and after --complete, and seconds per decided sample
 bench-bab: $(STAMP)
 	$(BIN)/python bench/bab.py
+	$(BIN)/python bench/bab_demo.py
 
 # the shared VNN-COMP instances (../shared/vnncomp): answers, score, prepare and run seconds
 bench-vnncomp: $(STAMP)
