@@ -388,7 +388,7 @@ def test_a_worker_killed_mid_task_has_its_task_rerun_with_the_same_result(
         victim = None
         deadline = time.monotonic() + 120
         while victim is None and time.monotonic() < deadline and thread.is_alive():
-            busy = [w for w, keys in watcher.processing().items() if any("_with_threads" in str(k) for k in keys)]
+            busy = [w for w, keys in watcher.processing().items() if any("train_shard" in str(k) for k in keys)]
             victim = busy[0] if busy else None
             time.sleep(0.02)
         assert victim is not None, "no task was seen running"
