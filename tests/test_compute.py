@@ -35,7 +35,7 @@ from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec, spec_sha256
 from uverify.study import study
 
-from helpers import assert_one_line_error, tiny_spec_dict
+from helpers import assert_one_line_error, timeless, tiny_spec_dict
 
 DASK_BIN = Path(sys.executable).with_name("dask")
 
@@ -276,16 +276,6 @@ def test_a_dask_scheduler_address_writes_the_serial_bytes(serial_run: Path, clus
     assert _run_bytes(run) == _run_bytes(serial_run)
 
 
-def _timeless(value: Any) -> Any:
-    """A report without its timings, tool versions and the model's path (which differ between runs)."""
-    if isinstance(value, dict):
-        left_out = ("seconds", "versions", "time", "path")
-        return {k: _timeless(v) for k, v in value.items() if k not in left_out and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
-
-
 def test_a_study_on_dask_gives_the_serial_study(cluster: str, tmp_path: Path) -> None:
     spec = _spec(
         property={"norm": "inf", "epsilon": [0.05]},
@@ -306,9 +296,9 @@ def test_a_study_on_dask_gives_the_serial_study(cluster: str, tmp_path: Path) ->
         for when in ("before", "after"):
             rx = json.loads((x.run / f"report_{when}.json").read_text())
             ry = json.loads((y.run / f"report_{when}.json").read_text())
-            assert _timeless(rx) == _timeless(ry)
+            assert timeless(rx) == timeless(ry)
     tables = [json.loads((tmp_path / name / "tables.json").read_text()) for name in ("serial", "dask")]
-    assert _timeless(tables[0]) == _timeless(tables[1])
+    assert timeless(tables[0]) == timeless(tables[1])
 
 
 # ------------------------------------------------------------------------------------------ faults

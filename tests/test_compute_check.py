@@ -25,7 +25,7 @@ from uverify.specs.schema import ComputeSpec, Spec
 from uverify.verifier.check import check
 from uverify.verifier.samples import samples_from_spec
 
-from helpers import tiny_spec_dict
+from helpers import timeless, tiny_spec_dict
 
 # 40 samples in batches of 8 (5 per epsilon), two epsilons, branch and bound on the samples IBP and a weak
 # PGD leave unknown: a dozen tasks or more, each a fraction of a second
@@ -36,16 +36,6 @@ RAW = tiny_spec_dict(
     attack={"steps": 3, "restarts": 1},
     unlearning={"method": "sisa", "sisa": {"shards": 3, "slices": 1, "aggregation": "majority_vote"}},
 )
-
-
-def _timeless(value: Any) -> Any:
-    """A report without its timings, versions and the model's path (which differ between runs)."""
-    if isinstance(value, dict):
-        left_out = ("seconds", "versions", "time", "path")
-        return {k: _timeless(v) for k, v in value.items() if k not in left_out and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +64,7 @@ def _report_and_cex(model: Path, spec: Spec, executor: Any, tmp_path: Path, name
     cex = tmp_path / f"{name}.npz"
     report = check(model, spec, samples, domain, progress=False, counterexamples=cex, executor=executor)
     with np.load(cex) as arrays:
-        return _timeless(report.model_dump(mode="json")), {k: arrays[k] for k in arrays.files}
+        return timeless(report.model_dump(mode="json")), {k: arrays[k] for k in arrays.files}
 
 
 def _same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -177,7 +167,7 @@ def test_the_cli_and_the_spec_compute_section_give_the_serial_report(
         result = _invoke("check", "--spec", str(spec_file), "--model", str(model), "--out", str(out), *options,
                          "--quiet")  # fmt: skip
         assert result.exit_code == 0, result.output
-        reports[name] = _timeless(json.loads(out.read_text()))
+        reports[name] = timeless(json.loads(out.read_text()))
     assert reports["cli"] == reports["serial"] == reports["spec"]
     assert "compute" not in reports["spec"]["spec"]
 
