@@ -19,6 +19,7 @@ import importlib
 import importlib.metadata
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import tempfile
 import uuid
@@ -138,14 +139,45 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-# imported by every worker before its first task, as a forkserver preloads: torch, torch._dynamo (the
-# first optimiser step of a process imports it, seconds) and SISA's shard task (a study's cell task
-# imports the verifier on its first unpickling)
-PRELOAD = ("torch", "torch._dynamo", "uverify.unlearning.sisa")
+# imported by every worker before its first task: torch, torch._dynamo (the first optimiser step of a
+# process imports it, seconds), SISA's shard task, the study and check tasks' modules (a study's cell
+# task imports the verifier on its first unpickling) and a VNN-COMP instance's child (vnn/runner.py);
+# the forkserver imports them once for all the workers it forks
+PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "uverify.unlearning.sisa",
+    "uverify.pipeline",
+    "uverify.study",
+    "uverify.vnn.worker",
+)
 
 
-def _worker_setup(threads: int) -> None:
-    """Run once in each worker process: torch's thread count and the PRELOAD imports."""
+def forkserver_context(*extra: str) -> multiprocessing.context.BaseContext:
+    """The forkserver context, its server running with PRELOAD (and `extra`) imported.
+
+    Every local worker (a pool's, a LocalCluster's) forks from that server: a fresh Python process
+    that has imported torch once and run nothing, so forking it is safe, where forking this process
+    (which has run torch's threads) is not. A worker then starts in milliseconds instead of seconds of
+    Python start-up and torch import each (spawn). The server lives as long as this process, so a
+    second pool or cluster in one process (a benchmark, the test suite) starts warm. Its preload is
+    fixed when it first starts: the first caller's list holds for the process.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*extra, *PRELOAD])
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def _worker_setup(threads: int, cwd: str | None = None, environ: dict[str, str] | None = None) -> None:
+    """Run once in each worker process: torch's thread count and the PRELOAD imports (already there in
+    a forked worker), and, in a local pool's worker, the parent's working folder and environment as
+    they are now (a forked worker has the forkserver's, from when it started)."""
+    if cwd is not None:
+        os.chdir(cwd)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     for name in PRELOAD:
         importlib.import_module(name)
     import torch
@@ -163,15 +195,19 @@ def _with_threads(threads: int, fn: Callable[..., R], *args: Any) -> R:
 
 
 class ProcessExecutor(_Parallel):
-    """A local pool of `workers` spawned processes (spawn: forking a process that has run torch is unsafe)."""
+    """A local pool of `workers` processes forked from the forkserver (`forkserver_context`)."""
 
     kind = "processes"
 
     def __init__(self, workers: int, threads: int | None = None) -> None:
         self.workers = workers
-        context = multiprocessing.get_context("spawn")
         threads = threads or threads_per_worker(workers)
-        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=(threads,))
+        self.pool = ProcessPoolExecutor(
+            workers,
+            mp_context=forkserver_context(),
+            initializer=_worker_setup,
+            initargs=(threads, os.getcwd(), dict(os.environ)),
+        )
 
     def submit(self, fn: Callable[..., R], /, *args: Any) -> TaskFuture[R]:
         return self.pool.submit(fn, *args)
@@ -265,21 +301,26 @@ def _check_workers(client: Any, address: str) -> None:
 
 def _connect(compute: ComputeSpec) -> tuple[Any, Any, int]:
     """(client, the LocalCluster it owns or None, workers) for a dask compute section."""
+    import dask
     from distributed import Client, LocalCluster
 
     if compute.address is None:
         workers = compute.workers or (os.cpu_count() or 1)
         try:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",  # loopback only: nothing outside this machine can reach the workers
-                scheduler_port=0,
-                dashboard_address=None,  # no dashboard; the scheduler's health/metrics server on loopback, any port
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.CRITICAL,  # its teardown chatter; task errors come back through the futures
-            )
+            # its workers fork from the forkserver too (Dask's own setting); a worker its nanny restarts
+            # later is spawned, as by default
+            forkserver_context("distributed")
+            with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",  # loopback only: nothing outside this machine can reach the workers
+                    scheduler_port=0,
+                    dashboard_address=None,  # none; the scheduler's health/metrics server on loopback, any port
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    silence_logs=logging.CRITICAL,  # its teardown chatter; task errors come back as futures
+                )
         except Exception as exc:
             raise UverifyError(f"dask: cannot start a local cluster ({one_line(exc, with_type=True)})") from None
         try:

@@ -6,14 +6,14 @@ atomic folder exchange): the process kills itself with SIGKILL just before it. C
 than sleeping a random time puts every kill where it can hurt (between two writes) and makes each point
 reproducible; the points are drawn by a seeded generator from all the operations an uninterrupted run makes.
 
-The commands run in processes forked from a forkserver that has imported uverify once, so a kill point
-costs the command's work, not torch's import (a SIGKILL of such a process is as abrupt as of any other).
+The commands run in processes forked from uverify's forkserver (`compute.forkserver_context`, which
+has imported torch and uverify once), so a kill point costs the command's work, not torch's import (a
+SIGKILL of such a process is as abrupt as of any other).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from uverify.compute import forkserver_context
+
 # what differs between two uninterrupted runs of one command (timings, tool versions), and a study's
 # record of which steps a rerun reused (a resumed study says so; its results are the same)
 TIMING_KEYS = frozenset({"seconds", "time", "versions", "speedup_vs_retraining", "reused"})
@@ -29,17 +31,6 @@ TIMING_KEYS = frozenset({"seconds", "time", "versions", "speedup_vs_retraining",
 
 def _is_timing(key: str) -> bool:
     return key in TIMING_KEYS or key.endswith("_seconds")
-
-
-_CONTEXT: Any = None
-
-
-def _context() -> Any:
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["uverify.cli", "uverify.pipeline", "uverify.study", "fault_injection"])
-    return _CONTEXT
 
 
 def _child(args: list[str], cwd: str, kill_at: int, count_file: str) -> None:
@@ -85,7 +76,7 @@ def run(args: list[str], cwd: Path, kill_at: int = 0) -> tuple[int, int | None]:
     Returns the exit code (-9 when killed) and, when it ran to the end, how many operations it made."""
     count_file = cwd / f".ops.{os.getpid()}"
     count_file.unlink(missing_ok=True)
-    process = _context().Process(target=_child, args=(args, str(cwd), kill_at, str(count_file)))
+    process = forkserver_context().Process(target=_child, args=(args, str(cwd), kill_at, str(count_file)))
     process.start()
     process.join()
     ops = int(count_file.read_text()) if count_file.is_file() else None

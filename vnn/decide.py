@@ -153,6 +153,7 @@ class Problem:
             for k in range(len(prop.violation))
         }
         self.notes: list[str] = []
+        self.out_of_time = False  # a stage did not run (or not on every box) for lack of time
         self._flat: FlatModule | None = None
 
     @property
@@ -476,7 +477,13 @@ class BabStage:
 
     def __call__(self, problem: Problem, deadline: Deadline) -> Sequence[Candidate]:
         boxes = problem.open_boxes()
-        if not boxes or deadline.remaining() <= self.margin_s:
+        if not boxes:
+            return []
+        if deadline.remaining() <= self.margin_s:  # too little time to start: the answer is a timeout
+            problem.out_of_time = True
+            problem.notes.append(
+                f"{self.name}: not run, {deadline.remaining():.2g} s left of the {self.margin_s:g} s it keeps"
+            )
             return []
         try:
             bab, pad = self._build(problem, deadline)
@@ -486,6 +493,7 @@ class BabStage:
         for i, (p, b, ks) in enumerate(boxes):
             left = deadline.remaining() - self.margin_s
             if left <= 0:
+                problem.out_of_time = True
                 break
             prop = problem.properties[p]
             box = prop.boxes[b]
@@ -585,5 +593,6 @@ def decide(network: Network, query: Query, deadline: Deadline, stages: Sequence[
             return Verdict(Result.SAT, stage.name, found, seconds, tuple(problem.notes))
         if not problem.open:
             return Verdict(Result.UNSAT, stage.name, None, seconds, tuple(problem.notes))
-    result = Result.TIMEOUT if deadline.expired() else Result.UNKNOWN
+    # unknown only when every stage ran to its own end; a stage cut short by the clock makes it a timeout
+    result = Result.TIMEOUT if deadline.expired() or problem.out_of_time else Result.UNKNOWN
     return Verdict(result, None, None, seconds, tuple(problem.notes))

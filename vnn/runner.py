@@ -54,7 +54,6 @@ from uverify.vnn.results import Instance, InstanceResult, write_result_file, wri
 __all__ = [
     "CHILD_MARGIN",
     "KILL_MARGIN",
-    "WORKER",
     "Outcome",
     "instance_workers",
     "result_path",
@@ -68,7 +67,6 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 CHILD_MARGIN = 0.5  # the child stops its own work this long before the limit
 KILL_MARGIN = 0.15  # the parent kills it this long before, leaving time to write the result
-WORKER = "uverify.vnn.worker"
 
 
 @dataclass(frozen=True)
@@ -104,11 +102,13 @@ _SERVER: Any = None
 
 
 def _server() -> Any:
-    """The forkserver context with the verifier preloaded, started (and warmed) once per process."""
+    """uverify's forkserver context (`compute.forkserver_context`: the verifier among its preloads),
+    started and warmed once per process."""
     global _SERVER
     if _SERVER is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([WORKER])
+        from uverify.compute import forkserver_context
+
+        ctx = forkserver_context()
         warm = ctx.Process(target=_noop, daemon=True)
         warm.start()  # blocks until the server has imported the verifier
         warm.join()
