@@ -299,28 +299,36 @@ def _check_workers(client: Any, address: str) -> None:
             raise UverifyError(f"dask worker {worker} of {address} runs uverify {version}, this process {mine}")
 
 
+def local_cluster(workers: int) -> Any:
+    """A Dask LocalCluster of `workers` single-threaded worker processes, bound to 127.0.0.1 only
+    (nothing outside this machine can reach it), no dashboard. Its workers fork from the forkserver
+    (`forkserver_context`, Dask's own setting); a worker its nanny restarts later is spawned, as by
+    default."""
+    import dask
+    from distributed import LocalCluster
+
+    forkserver_context("distributed")
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,  # none; the scheduler's health/metrics server on loopback, any port
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.CRITICAL,  # its teardown chatter; task errors come back as futures
+        )
+
+
 def _connect(compute: ComputeSpec) -> tuple[Any, Any, int]:
     """(client, the LocalCluster it owns or None, workers) for a dask compute section."""
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if compute.address is None:
         workers = compute.workers or (os.cpu_count() or 1)
         try:
-            # its workers fork from the forkserver too (Dask's own setting); a worker its nanny restarts
-            # later is spawned, as by default
-            forkserver_context("distributed")
-            with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",  # loopback only: nothing outside this machine can reach the workers
-                    scheduler_port=0,
-                    dashboard_address=None,  # none; the scheduler's health/metrics server on loopback, any port
-                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                    silence_logs=logging.CRITICAL,  # its teardown chatter; task errors come back as futures
-                )
+            cluster = local_cluster(workers)
         except Exception as exc:
             raise UverifyError(f"dask: cannot start a local cluster ({one_line(exc, with_type=True)})") from None
         try:

@@ -139,11 +139,13 @@ def _noop(payload: bytes) -> int:
 def task_cost(tasks: int, payload: int) -> tuple[float, float, float]:
     """(seconds per task for no-op tasks, ... for tasks carrying `payload` bytes, the cluster's start and
     teardown) on a real LocalCluster of 2 one-thread workers on loopback."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from uverify.compute import local_cluster
 
     started = time.perf_counter()
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as local,
+        local_cluster(2) as local,
         Client(local, set_as_default=False) as client,
     ):
         start_s = time.perf_counter() - started

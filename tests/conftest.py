@@ -37,3 +37,18 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["UVERIFY_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+# what the suite's forked commands (fault injection, the CLI tests' pools) import on top of the
+# product's preloads: the ONNX exporter (about 0.6 s of imports in every command that exports)
+EXPORTER_MODULES = ("torch.onnx._internal.exporter._compat", "torch._functorch.aot_autograd", "torch.export._trace")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _forkserver(_private_cache: None) -> None:
+    """uverify's forkserver, started before any test with the exporter among its preloads (it imports
+    them in its own process while the first tests run; the first caller fixes the preloads), after the
+    environment is set: a forked process has the server's environment."""
+    from uverify.compute import forkserver_context
+
+    forkserver_context(*EXPORTER_MODULES)

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from uverify import compute
 from uverify.cli import cli
-from uverify.compute import compute_from_options, open_executor, threads_per_worker
+from uverify.compute import compute_from_options, local_cluster, open_executor, threads_per_worker
 from uverify.errors import SpecError
 from uverify.pipeline import train_run, unlearn_run
 from uverify.specs.load import validate_spec
@@ -73,11 +73,7 @@ def _invoke(*args: str) -> Any:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A real Dask LocalCluster on loopback, shared by the module's tests (its start costs seconds)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:
         yield local.scheduler_address
 
 

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from uverify.compute import SERIAL, open_executor, sub_executor
+from uverify.compute import SERIAL, local_cluster, open_executor, sub_executor
 from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec
 from uverify.study import study
@@ -39,12 +39,12 @@ def _task_names(dask_scheduler: Any) -> list[str]:
 
 
 def test_a_sisa_cell_on_dask_trains_its_shards_as_tasks_with_the_serial_bytes(tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     spec = _spec()
     serial = study(spec, tmp_path / "serial", methods=("sisa",), progress=False, echo=lambda _: None)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as local,
+        local_cluster(2) as local,
         Client(local, set_as_default=False) as client,
     ):
         dask = study(

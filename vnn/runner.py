@@ -144,7 +144,9 @@ def run_instance(
     end = start + timeout if timeout is not None else float("inf")
     receiver, sender = ctx.Pipe(duplex=False)
     child_end = end - CHILD_MARGIN if timeout is not None else float("inf")
-    process = ctx.Process(target=_child, args=(sender, str(onnx), str(vnnlib), child_end, threads), daemon=True)
+    # absolute: a forkserver child has the server's working folder, not this process's
+    paths = (str(Path(onnx).absolute()), str(Path(vnnlib).absolute()))
+    process = ctx.Process(target=_child, args=(sender, *paths, child_end, threads), daemon=True)
     process.start()
     sender.close()
     prepared: float | None = None

@@ -54,11 +54,9 @@ def _results(out: Path) -> tuple[list[tuple[str, ...]], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
+    from uverify.compute import local_cluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:
         yield local.scheduler_address
 
 
