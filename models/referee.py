@@ -85,9 +85,10 @@ class Agreement:
 
 @torch.no_grad()
 def agreement(module: nn.Module, model: Any, x: np.ndarray) -> Agreement:
-    """Run `module` (in eval mode) and onnxruntime on the batch `x`; `model` is anything `Referee` takes."""
+    """Run `module` (in eval mode) and onnxruntime on the batch `x`; `model` is anything `Referee` takes,
+    or a `Referee` already open on the file (its session is used, none is created)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    expected = Referee(model).outputs(x)
+    expected = (model if isinstance(model, Referee) else Referee(model)).outputs(x)
     tensors = [*module.parameters(), *module.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
     got = module.eval()(torch.from_numpy(x).to(device)).detach().cpu().numpy()

@@ -760,8 +760,11 @@ class _Target:
     files: list[Path] = field(default_factory=list)  # every file it was read from (a vote's manifest first)
 
     def validate(self, x: np.ndarray) -> None:
-        for proto, member in zip(self.protos, self.members, strict=True):
-            validate_against_onnxruntime(proto, member, x)
+        """Every member against onnxruntime, on the referee's own sessions (the same files' bytes)."""
+        referee = self.referee
+        sessions = referee.members if isinstance(referee, VoteReferee) else [referee]
+        for proto, member, session in zip(self.protos, self.members, sessions, strict=True):
+            validate_against_onnxruntime(proto, member, x, referee=session)
 
 
 def _load_target(model_path: Path) -> _Target:
