@@ -317,7 +317,8 @@ class _EpsilonOutcome:
 
 
 class _Checker:
-    """Bounds first, then PGD on what they left, then onnxruntime on what PGD found, a batch at a time."""
+    """Bounds first, a batch at a time; then PGD on every sample they left, then onnxruntime on what PGD
+    found, a batch of those at a time."""
 
     def __init__(
         self,
@@ -365,30 +366,42 @@ class _Checker:
         epsilons = self.spec.property.epsilon
         bar = tqdm(total=len(epsilons) * batches, desc="check", unit="batch", disable=None if progress else True)
         self.progress = progress
-        try:
-            if self.context is None:  # serial: each batch computed in this process when its turn comes
-                results = [self._serial_batches(eps, todo) for eps in epsilons]
-            else:  # every epsilon's batches submitted at once, read back in order
-                results = [self._submitted_batches(eps, todo) for eps in epsilons]
-            return [self._epsilon(k, eps, todo, results[k], bar) for k, eps in enumerate(epsilons)]
+        try:  # on an executor every epsilon's bound batches are submitted at once, read back in order
+            bounds = [self._bounds(eps, todo) for eps in epsilons]
+            return [self._epsilon(k, eps, todo, bounds[k], bar) for k, eps in enumerate(epsilons)]
         finally:
             bar.close()
 
     def _starts(self, todo: np.ndarray) -> range:
         return range(0, len(todo), self.spec.verify.batch_size)
 
-    def _serial_batches(self, eps: float, todo: np.ndarray) -> Iterator[_BatchResult]:
-        size, seed = self.spec.verify.batch_size, self.spec.attack.seed
-        for start in self._starts(todo):
-            yield self._batch_result(todo[start : start + size], eps, _batch_seed(seed, eps, start))
+    def _bounds(self, eps: float, todo: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """(margin lower bounds, seconds) of each batch of `todo` at `eps`, in order: computed here when
+        its turn comes (serial), or submitted now as tasks."""
+        size = self.spec.verify.batch_size
+        if self.context is None:
+            return (self._bound_batch(todo[start : start + size], eps) for start in self._starts(todo))
+        inputs = self.inputs
+        futures = [
+            self.executor.submit(_bound_task, self.context, inputs.x[idx], inputs.y[idx], eps)
+            for idx in (todo[start : start + size] for start in self._starts(todo))
+        ]
+        return self._in_order(futures)
 
-    def _submitted_batches(self, eps: float, todo: np.ndarray) -> Iterator[_BatchResult]:
-        size, seed, inputs = self.spec.verify.batch_size, self.spec.attack.seed, self.inputs
+    def _attacks(self, eps: float, attacked: np.ndarray, margins: np.ndarray) -> Iterator[_BatchResult]:
+        """PGD and onnxruntime's confirmation on the samples `attacked` (those the bounds left, all of
+        them with `cross_check`), a batch of them at a time: one PGD run on every uncertified sample of
+        the epsilon rather than one per bound batch (PGD's cost is per step, nearly whatever the batch).
+        Each batch is seeded from its start in `attacked`, so no batch's attack depends on another's."""
+        size, seed = self.spec.verify.batch_size, self.spec.attack.seed
+        chunks = [(attacked[start : start + size], _batch_seed(seed, eps, start)) for start in self._starts(attacked)]
+        if self.context is None:
+            return (self._attack_batch(idx, eps, own, margins[idx]) for idx, own in chunks)
+        inputs = self.inputs
         futures = []
-        for start in self._starts(todo):
-            idx = todo[start : start + size]
+        for idx, own in chunks:
             rows = (inputs.x[idx], inputs.y[idx], inputs.prediction[idx], inputs.ids[idx])
-            futures.append(self.executor.submit(_batch_task, self.context, rows, eps, _batch_seed(seed, eps, start)))
+            futures.append(self.executor.submit(_attack_task, self.context, rows, eps, own, margins[idx]))
         return self._in_order(futures)
 
     def _in_order(self, futures: list[Any]) -> Iterator[Any]:
@@ -396,16 +409,23 @@ class _Checker:
         for future in futures:
             yield self.executor.gather([future])[0]
 
-    def _batch_result(self, idx: np.ndarray, eps: float, seed: int) -> _BatchResult:
-        """The samples `idx` at `eps`, PGD seeded with `seed`: the unit of work of every executor."""
+    def _bound_batch(self, idx: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+        """The margin lower bounds of the samples `idx` at `eps`, and the seconds they took."""
+        t0 = time.perf_counter()
+        min_lb = self._bound(torch.from_numpy(self.inputs.x[idx]), torch.from_numpy(self.inputs.y[idx]), eps, idx)
+        return min_lb, time.perf_counter() - t0
+
+    def _attack_batch(self, idx: np.ndarray, eps: float, seed: int, min_lb: np.ndarray) -> _BatchResult:
+        """The samples `idx` at `eps` after their bounds `min_lb`, PGD seeded with `seed`: a unit of
+        work of every executor."""
         generator = torch.Generator().manual_seed(seed)
         timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
         found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
-        verdicts, margins, rejected = self._batch(idx, eps, generator, timing, found)
-        return _BatchResult(verdicts, margins, rejected, found, timing)
+        verdicts, rejected = self._attack_and_confirm(idx, eps, min_lb, generator, timing, found)
+        return _BatchResult(verdicts, min_lb, rejected, found, timing)
 
     def _epsilon(
-        self, k: int, eps: float, todo: np.ndarray, results: Iterable[_BatchResult], bar: Any
+        self, k: int, eps: float, todo: np.ndarray, bounds: Iterable[tuple[np.ndarray, float]], bar: Any
     ) -> _EpsilonOutcome:
         n = len(self.inputs.x)
         verdicts = np.full(n, "misclassified", dtype=object)
@@ -414,15 +434,20 @@ class _Checker:
         timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
         rejected = 0
         batch = self.spec.verify.batch_size
-        for start, part in zip(self._starts(todo), results, strict=True):
-            idx = todo[start : start + batch]
-            verdicts[idx], margins[idx] = part.verdicts, part.margins
-            rejected += part.rejected
-            for key in COUNTEREXAMPLE_KEYS:
-                found[key].extend(part.found[key])
-            for key in timing:
-                timing[key] += part.timing[key]
+        for start, (part, seconds) in zip(self._starts(todo), bounds, strict=True):
+            margins[todo[start : start + batch]] = part
+            timing["bounds"] += seconds
             bar.update(1)
+        is_verified = verified(torch.from_numpy(margins[todo][:, None])).numpy()
+        verdicts[todo[is_verified]] = "verified"
+        attacked = todo if self.cross_check else todo[~is_verified]
+        for start, result in zip(self._starts(attacked), self._attacks(eps, attacked, margins), strict=True):
+            verdicts[attacked[start : start + batch]] = result.verdicts
+            rejected += result.rejected
+            for key in COUNTEREXAMPLE_KEYS:
+                found[key].extend(result.found[key])
+            for key in ("attack", "referee"):
+                timing[key] += result.timing[key]
         clean_seconds = self.inputs.clean_seconds if k == 0 else 0.0
         result = _summarise(eps, verdicts, timing, rejected, clean_seconds)
         complete_rows = external_rows = None
@@ -585,20 +610,18 @@ class _Checker:
             self._skipped = str(error)
         return self._stage
 
-    def _batch(
+    def _attack_and_confirm(
         self,
         idx: np.ndarray,
         eps: float,
+        min_lb: np.ndarray,
         generator: torch.Generator,
         timing: dict[str, float],
         found: dict[str, list[np.ndarray]],
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(verdicts, margin lower bounds, rejected PGD points) of the samples `idx` at `eps`."""
+    ) -> tuple[np.ndarray, int]:
+        """(verdicts, rejected PGD points) of the samples `idx` at `eps`, given their margin bounds."""
         x, y = self.inputs.x[idx], self.inputs.y[idx]
         xb, yb = torch.from_numpy(x), torch.from_numpy(y)
-        t0 = time.perf_counter()
-        min_lb = self._bound(xb, yb, eps, idx)
-        timing["bounds"] += time.perf_counter() - t0
         is_verified = verified(torch.from_numpy(min_lb[:, None])).numpy()
         t0 = time.perf_counter()
         x_adv, hit = self._attack(
@@ -615,7 +638,7 @@ class _Checker:
                 "confirms a counterexample; this is a bug in uverify, please report it"
             )
         verdicts = np.where(is_verified, "verified", np.where(confirmed, "falsified", "unknown"))
-        return verdicts, min_lb, rejected
+        return verdicts, rejected
 
     @property
     def bounders(self) -> list[Bounder]:
@@ -864,15 +887,27 @@ def _loaded(context: _WorkerContext) -> _Loaded:
     return loaded
 
 
-def _batch_task(
-    context: _WorkerContext, rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], eps: float, seed: int
+def _bound_task(context: _WorkerContext, x: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """One batch's margin lower bounds on a worker, and the seconds they took."""
+    loaded = _loaded(context)
+    inputs = _Inputs(x, y, y, context.lower, context.upper, 0.0, np.arange(len(x)), context.num_classes)
+    checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
+    return checker._bound_batch(np.arange(len(x)), eps)
+
+
+def _attack_task(
+    context: _WorkerContext,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    eps: float,
+    seed: int,
+    min_lb: np.ndarray,
 ) -> _BatchResult:
-    """One batch on a worker: its samples (x, y, prediction, ids) checked as `_Checker` checks them."""
+    """PGD and onnxruntime on a batch of samples (x, y, prediction, ids) on a worker, as `_Checker` does."""
     loaded = _loaded(context)
     x, y, prediction, ids = rows
     inputs = _Inputs(x, y, prediction, context.lower, context.upper, 0.0, ids, context.num_classes)
     checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
-    return checker._batch_result(np.arange(len(x)), eps, seed)
+    return checker._attack_batch(np.arange(len(x)), eps, seed, min_lb)
 
 
 def _decide_task(context: _WorkerContext, x: np.ndarray, y: int, eps: float) -> SampleDecision:
