@@ -10,7 +10,9 @@ in one run (compute.py's executors):
 
 Each case runs serially (the reference), on Dask with 2 workers and on a local pool of 2 processes,
 and (a) and (c) also on Dask with 1 worker. "cold" is what a command pays end to end (the cluster's start,
-the workers' torch import, the tasks, the teardown); "warm" reuses an open executor (tasks only),
+the tasks, the teardown) but for the forkserver's start, printed once at the top: every local worker
+forks from uverify's forkserver, which a command starts once and which has imported torch and uverify
+(compute.forkserver_context); "warm" reuses an open executor (tasks only),
 what a long-lived cluster gives (for (c): the workers have imported the verifier on an earlier, smaller
 check, and load and trace this check's model once each, as a new model on a long-lived cluster
 would). Every parallel run's files are checked byte for byte against the serial run's; for (c), the
@@ -343,6 +345,11 @@ def main() -> None:
                 f"loan: {len(splits.train)} train rows, SISA 4 shards x 2 slices, {args.epochs} epochs, mlp "
                 f"{spec.model.hidden}; ratio = serial seconds / these seconds"
             )
+        ready = forkserver_ready()
+        print(
+            f"uverify's forkserver ready in {ready:.2f} s (a command starts it once, before its first local worker; "
+            "every cold row below forks its workers from it, so a command's cold figure is the row plus this)"
+        )
         table = Table()
         if args.only is None:
             serial_run = bench_sisa(spec, splits, work, table)
@@ -357,6 +364,19 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def forkserver_ready() -> float:
+    """Seconds until uverify's forkserver (compute.forkserver_context) has imported its preloads and forked
+    a first child: what the first local pool or LocalCluster of a command waits for once."""
+
+    from uverify.compute import forkserver_context
+
+    started = time.perf_counter()
+    child = forkserver_context("distributed").Process(target=time.sleep, args=(0,))
+    child.start()
+    child.join()
+    return time.perf_counter() - started
 
 
 def step_ms(threads: int, steps: int = 200) -> float:
