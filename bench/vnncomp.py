@@ -1,7 +1,8 @@
 """The shared VNN-COMP instances (`../shared/vnncomp`, listed with their consensus in ground_truth.csv)
 through `uverify vnncomp`'s runner: per category the answers, how many were decided, the VNN-COMP score
-against the ground truth (DISPUTED rows count as sat), and the prepare and run seconds (wall clock on
-this machine's cores; VNN-COMP's are on its own hardware, so only our own figures compare).
+against the ground truth (DISPUTED rows are not scored: vnn/results.py says why), and the prepare and
+run seconds (wall clock on this machine's cores; VNN-COMP's are on its own hardware, so only our own
+figures compare).
 
 Run: `.venv/bin/python bench/vnncomp.py [--root ../shared/vnncomp] [--timeout S] [--out DIR]`.
 `--timeout` caps each row's own limit (116 s for ACAS Xu, 120 s for MNIST); the full run takes about

@@ -10,8 +10,11 @@
 * The results CSV has VNN-COMP's columns in its order, no header: category, onnx, vnnlib, prepare
   seconds, result, run seconds (what VNN-COMP's scoring scripts read).
 * The score is VNN-COMP's since 2022: +10 for a correct `sat` or `unsat`, −150 for a wrong one, 0 for
-  anything else. A ground truth of `DISPUTED` counts as `sat` (the tools disagreed; for the shipped
-  instances a counterexample exists), so an `unsat` there costs 150.
+  anything else. A ground truth of `DISPUTED` is no ground truth: the tools disagreed and no answer is
+  scored there. (The shipped DISPUTED rows are ACAS Xu 1_1 and 1_2 on prop_4, 8 tools "holds" against
+  1 "violated" in VNN-COMP 2021, which checked no counterexample; no counterexample is known, and the
+  Reluplex paper reports that φ4 holds on those networks. Scoring them `sat` would call uverify's
+  `unsat` there wrong on no evidence.)
 """
 
 from __future__ import annotations
@@ -157,7 +160,9 @@ def normalise_truth(value: str | None) -> str | None:
         return None
     if text.startswith("unsat") or text.startswith("holds"):
         return "unsat"
-    if text.startswith("sat") or text.startswith("violated") or text.startswith("disputed"):
+    if text.startswith("disputed"):  # the tools disagreed: nothing to score against
+        return None
+    if text.startswith("sat") or text.startswith("violated"):
         return "sat"
     raise ResultFileError(f"ground truth {value!r} is not sat, unsat, holds, violated or DISPUTED")
 

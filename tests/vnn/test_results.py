@@ -44,7 +44,7 @@ def test_bad_result_files() -> None:
 
 @pytest.mark.parametrize(
     ("text", "truth"),
-    [("unsat(holds)", "unsat"), ("sat(violated)", "sat"), ("DISPUTED", "sat"), ("holds", "unsat"), ("", None)],
+    [("unsat(holds)", "unsat"), ("sat(violated)", "sat"), ("DISPUTED", None), ("holds", "unsat"), ("", None)],
 )
 def test_ground_truth_words(text: str, truth: str | None) -> None:
     assert normalise_truth(text) == truth
@@ -81,11 +81,20 @@ def test_vnncomp_instance_list(tmp_path: Path) -> None:
 def test_instance_list_with_a_header_and_truth(tmp_path: Path) -> None:
     _files(tmp_path)
     listing = tmp_path / "list.csv"
-    listing.write_text("category,onnx,vnnlib,timeout_s,consensus_result\nc1,onnx/a.onnx,vnnlib/p.vnnlib,5,DISPUTED\n")
+    listing.write_text("category,onnx,vnnlib,timeout_s,consensus_result\nc1,onnx/a.onnx,vnnlib/p.vnnlib,5,violated\n")
     (row,) = read_instances(listing)
     assert (row.category, row.timeout, row.truth) == ("c1", 5.0, "sat")
     truth = read_ground_truth(listing)
     assert truth == {("a.onnx", "p.vnnlib"): "sat"}
+
+
+def test_a_disputed_row_has_no_truth_and_scores_nothing(tmp_path: Path) -> None:
+    _files(tmp_path)
+    listing = tmp_path / "list.csv"
+    listing.write_text("category,onnx,vnnlib,timeout_s,consensus_result\nc1,onnx/a.onnx,vnnlib/p.vnnlib,5,DISPUTED\n")
+    (row,) = read_instances(listing)
+    assert row.truth is None and read_ground_truth(listing) == {}
+    assert score("unsat", row.truth) == score("sat", row.truth) == 0
 
 
 @pytest.mark.parametrize(
