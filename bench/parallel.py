@@ -52,6 +52,7 @@ from uverify.specs.load import load_spec
 from uverify.specs.schema import ComputeSpec, Spec
 from uverify.study import study
 from uverify.testing.loan import write_loan_csv
+from uverify.testing.reports import timeless
 from uverify.unlearning.sisa import Manifest, Sisa
 from uverify.verifier.check import check, check_and_save
 from uverify.verifier.samples import samples_from_spec
@@ -215,21 +216,11 @@ def bench_study(work: Path, table: Table) -> None:
         table.add(case, f"{name}, cold", seconds, serial, cell_digests(out) == reference)
 
 
-def _timeless(value: Any) -> Any:
-    """A report without its timings, versions and paths: what must be identical between executors."""
-    if isinstance(value, dict):
-        left_out = ("seconds", "versions", "time", "path")
-        return {k: _timeless(v) for k, v in value.items() if k not in left_out and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
-
-
 def check_digest(report: Any, cex: Path) -> str:
     """One hash over the report (timings left out) and the counterexamples' arrays, bit for bit."""
     import json
 
-    h = hashlib.sha256(json.dumps(_timeless(report.model_dump(mode="json")), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(timeless(report.model_dump(mode="json")), sort_keys=True).encode())
     with np.load(cex) as arrays:
         for key in sorted(arrays.files):
             h.update(key.encode() + arrays[key].tobytes())

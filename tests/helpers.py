@@ -87,13 +87,3 @@ def assert_study_is_whole(result: Any, min_accuracy: float) -> None:
             for r in report.results:
                 assert r.certified_accuracy <= r.pgd_accuracy <= r.clean_accuracy, (cell.method, cell.training, r)
     assert np.mean([cell.before.results[0].clean_accuracy for cell in result.cells]) > min_accuracy
-
-
-def timeless(value: Any) -> Any:
-    """A report without its timings, tool versions and the model's path (which differ between runs)."""
-    if isinstance(value, dict):
-        left_out = ("seconds", "versions", "time", "path")
-        return {k: timeless(v) for k, v in value.items() if k not in left_out and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [timeless(v) for v in value]
-    return value

@@ -34,8 +34,9 @@ from uverify.pipeline import train_run, unlearn_run
 from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec, spec_sha256
 from uverify.study import study
+from uverify.testing.reports import timeless
 
-from helpers import assert_one_line_error, timeless, tiny_spec_dict
+from helpers import assert_one_line_error, tiny_spec_dict
 
 DASK_BIN = Path(sys.executable).with_name("dask")
 

@@ -22,10 +22,11 @@ from uverify.compute import open_executor
 from uverify.pipeline import train_run
 from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec
+from uverify.testing.reports import timeless
 from uverify.verifier.check import check
 from uverify.verifier.samples import samples_from_spec
 
-from helpers import timeless, tiny_spec_dict
+from helpers import tiny_spec_dict
 
 # 40 samples in batches of 8 (5 per epsilon), two epsilons, branch and bound on the samples IBP and a weak
 # PGD leave unknown: a dozen tasks or more, each a fraction of a second

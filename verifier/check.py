@@ -890,6 +890,7 @@ def _loaded(context: _WorkerContext) -> _Loaded:
 def _bound_task(context: _WorkerContext, x: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
     """One batch's margin lower bounds on a worker, and the seconds they took."""
     loaded = _loaded(context)
+    # bounds need only x and y: the prediction and ids, which the attack side reports, are placeholders
     inputs = _Inputs(x, y, y, context.lower, context.upper, 0.0, np.arange(len(x)), context.num_classes)
     checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
     return checker._bound_batch(np.arange(len(x)), eps)

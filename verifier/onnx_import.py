@@ -1505,7 +1505,7 @@ def validate_against_onnxruntime(
     """
     if isinstance(path_or_model, onnx.ModelProto):
         return _validate(path_or_model, module, x, atol, "the ONNX model", referee)
-    return _validate(load_onnx(path_or_model), module, x, atol, str(path_or_model))
+    return _validate(load_onnx(path_or_model), module, x, atol, str(path_or_model), referee)
 
 
 def import_onnx(

@@ -106,6 +106,7 @@ def _server() -> Any:
     started and warmed once per process."""
     global _SERVER
     if _SERVER is None:
+        # here, not at the top: compute (pydantic, the spec schema, ~0.12 s) stays off the solver's start-up
         from uverify.compute import forkserver_context
 
         ctx = forkserver_context()
