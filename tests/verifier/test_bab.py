@@ -272,3 +272,38 @@ def test_a_tiny_budget_holds_in_every_stage(tmp_path: Path) -> None:
         result = BranchAndBound(net.bounder, config).verify_property(prop, judge_for=never)
         assert result.status == "timeout", (mode, share, result.status)
         assert result.seconds < budget * 1.6, (mode, share, result.seconds)
+
+
+def test_without_lp_leaves_the_milp_only_searches_for_points_worst_disjunct_longest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`uverify vnncomp`'s setting (lp_leaves off): the root MILP solves the feasibility problem (a point
+    with slack <= −EXACT_TARGET), never the refuting decision problem, and the worst-bounded disjunct gets
+    the largest part of the MILP's share (1/(rank+1) weights; 2/3 of it for the first of two here) — on
+    mnistfc prop_0_0.05 an equal split left the violated disjunct 3 s where HiGHS needs 7."""
+    import uverify.verifier.bab as bab_module
+
+    net = Tiny(3, tmp_path, hidden=(24, 24))
+    prop = robustness(np.zeros(4, np.float32), np.ones(4, np.float32), net.label(0), 3)
+    calls: list[dict[str, object]] = []
+    real_solve = bab_module.solve
+
+    def recording(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real_solve(*args, **kwargs)  # type: ignore[arg-type]
+
+    def never(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(len(points), dtype=bool), points
+
+    monkeypatch.setattr(bab_module, "solve", recording)
+    budget, share = 6.0, 0.5
+    config = BabConfig(
+        timeout_s=budget, mode="relu", exact_share=share, attack_every=0, lp_leaves=False, alpha_root=False
+    )
+    result = BranchAndBound(net.bounder, config).verify_property(prop, judge_for=never)
+    assert result.status != "verified"  # the box holds counterexamples (the judge only hides them)
+    assert len(calls) == 2, calls
+    assert all(c["target"] == -bab_module.EXACT_TARGET and c.get("cutoff") is None for c in calls)
+    first, second = (float(c["time_limit"]) for c in calls)  # type: ignore[arg-type]
+    assert first > 0.6 * share * budget  # an equal split gives it 0.5 of the share
+    assert second <= share * budget  # the second gets what the first left of the share, no more

@@ -56,6 +56,10 @@ class ExactStage:
     search: ExactSearch
     share: float
     first: bool
+    # falsifying only: the i-th worst-bounded disjunct gets a share of the time ∝ 1/(i+1), not an equal one
+    # (the worst bound is where a violation likeliest sits, and a refutation that would need every
+    # disjunct settled is not on offer)
+    worst_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,8 +405,8 @@ def _exact_stage(
 ) -> _ReluStore:
     """The MILP on each disjunct the root (one domain) left alive, the worst-bounded first (lowest
     best-row bound of C y − d at the root), each given an equal part of what is left of the stage's
-    share of the budget. Refuted disjuncts leave the root's alive set (no domain at all when none is
-    left); stops at the first point the judge confirms."""
+    share of the budget (or a part falling with its rank, `worst_first`). Refuted disjuncts leave the
+    root's alive set (no domain at all when none is left); stops at the first point the judge confirms."""
     lower, upper = [t[:1] for t in store.lower], [t[:1] for t in store.upper]
     until = min(clock.deadline, clock.start + exact.share * (clock.deadline - clock.start))
     best = torch.full((1, rows.disjuncts), -torch.inf, dtype=root_lower.dtype)
@@ -414,7 +418,11 @@ def _exact_stage(
         if left <= 0.05:
             notes.append(f"the MILP had no time left for {len(order) - i} of {len(order)} open disjuncts")
             break
-        verdict = exact.search(lower, upper, k, left / (len(order) - i))
+        if exact.worst_first:
+            seconds = left / (i + 1) / sum(1 / (j + 1) for j in range(i, len(order)))
+        else:
+            seconds = left / (len(order) - i)
+        verdict = exact.search(lower, upper, k, seconds)
         if verdict.holds:
             alive[0, k] = False
         elif verdict.point is not None and falsifier.confirm(torch.from_numpy(verdict.point[None])):
