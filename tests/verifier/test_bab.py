@@ -16,6 +16,7 @@ from torch import nn
 from uverify.models.referee import Referee
 from uverify.verifier.bab import BabConfig, BabError, BranchAndBound, Region, choose_mode
 from uverify.verifier.bab.bounding import DomainBounder
+from uverify.verifier.bab.branching import input_gain
 from uverify.verifier.bounds import Bounder
 from uverify.verifier.milp import MILP_MARGIN, Chain, MilpError, chain_of, solve
 from uverify.verifier.onnx_import import import_onnx
@@ -307,3 +308,25 @@ def test_without_lp_leaves_the_milp_only_searches_for_points_worst_disjunct_long
     first, second = (float(c["time_limit"]) for c in calls)  # type: ignore[arg-type]
     assert first > 0.6 * share * budget  # an equal split gives it 0.5 of the share
     assert second <= share * budget  # the second gets what the first left of the share, no more
+
+
+def test_input_splitting_halves_a_wide_dimension_the_gradient_ignores_and_never_an_unsplittable_one() -> None:
+    """ACAS Xu 1_9 prop_2's stuck boxes: four inputs halved to float32's resolution (the gradient's
+    choice) and one of width 0.25 the bound's gradient ignored. Among dimensions of equal width the
+    gradient × width order holds; a dimension whose midpoint is an end is never picked while another
+    can be halved, and a box with none left still gets an index (the loop's memory cap ends it)."""
+    lo = torch.tensor([[0.6399, -0.0494, -0.5, 0.5, -0.4875]])
+    hi = lo.clone()
+    hi[0, 2] += 0.25
+    for i in (0, 1, 3, 4):
+        hi[0, i] = torch.nextafter(lo[0, i], torch.tensor(1.0))  # one ulp: the midpoint rounds to an end
+    coef = torch.tensor([[3.0, 2.0, 0.0, 1.0, 4.0]])
+    assert input_gain(coef, lo, hi, 1).tolist() == [[2]]
+    assert input_gain(coef, lo, hi, 2)[0, 0] == 2
+    # the width term: x2, twice as wide with 0.8 of x4's share, goes first (gradient × width alone: x4)
+    hi2 = lo + torch.tensor([[0.1, 0.1, 0.2, 0.1, 0.1]])
+    coef2 = torch.tensor([[3.0, 2.0, 1.6, 1.0, 4.0]])
+    assert input_gain(coef2, lo, hi2, 5).tolist() == [[2, 4, 0, 1, 3]]
+    # equal widths: gradient × width decides
+    assert input_gain(coef, lo, lo + 0.1, 5).tolist() == [[4, 0, 1, 3, 2]]
+    assert input_gain(coef, lo, lo, 1).shape == (1, 1)  # a point box: an index all the same

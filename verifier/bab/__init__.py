@@ -8,7 +8,8 @@ kept to the algorithm; every bound stays auto_LiRPA's (CROWN, α-CROWN, β-CROWN
 Two ways to split, chosen automatically (`mode: auto`) or by the spec:
 
 * input splitting (`input`) for low-dimensional boxes (at most `INPUT_SPLIT_MAX_DIMS` inputs, norm inf):
-  halve the sub-box along the dimension with the largest |∂ bound/∂x_i| × width_i, CROWN on the
+  halve the sub-box along the dimension with the largest |∂ bound/∂x_i| × width_i (share of the
+  largest) plus half its width (share of the widest; `branching.input_gain` says why), CROWN on the
   batch of sub-boxes;
 * ReLU splitting (`relu`, every norm the bounder supports): β-CROWN with BaBSR choosing the neuron,
   batched domains, β warm-started from the parent, α-CROWN at the root; a domain with no unstable
