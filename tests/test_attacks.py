@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from uverify.attacks import L2PGD, PGD, margin_loss, pgd_for, project_l1_ball
+from uverify.attacks import L2PGD, PGD, LinfPGD, margin_loss, pgd_for, project_l1_ball
 from uverify.errors import UverifyError
 
 NORMS = ("inf", "2", "1")
@@ -121,6 +121,26 @@ def test_the_fused_l2_step_is_the_direction_then_the_projection() -> None:
         assert torch.all(_pnorm(fused - x, "2") <= eps * (1 + 1e-5))
         still = frozen.flatten() | (torch.arange(32) == 0)
         assert torch.allclose(fused[still], x_adv[still], atol=1e-7, rtol=0)
+
+
+def test_the_linf_step_clamps_to_the_ball_and_domain_box_as_the_composition_does() -> None:
+    """LinfPGD.step clamps to `reach`'s box (ball ∩ domain) once: the point the base class's direction,
+    step, projection and domain clip give, up to round-off in x ± eps; frozen samples stay."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 4, 5, generator=gen)
+    lo, hi = torch.zeros_like(x), torch.ones_like(x)
+    grad = torch.randn(x.shape, generator=gen)
+    grad[0] = 0.0  # a zero gradient: no step
+    frozen = (torch.arange(32) % 4 == 1).view(-1, 1, 1, 1)
+    attack = LinfPGD()
+    for eps, alpha in ((0.3, 0.05), (0.05, 0.2)):  # the step stays inside the ball / the clamp acts
+        x_adv = torch.clamp(x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps, lo, hi)
+        fused = attack.step(x_adv, grad, x, *attack.reach(x, lo, hi, eps), alpha, eps, frozen)
+        composed = PGD.step(attack, x_adv, grad, x, lo, hi, alpha, eps, frozen)
+        assert torch.allclose(fused, composed, atol=1e-6, rtol=0)
+        assert torch.all((fused - x).abs() <= eps * (1 + 1e-6)) and torch.all((fused >= 0) & (fused <= 1))
+        still = frozen.flatten() | (torch.arange(32) == 0)
+        assert torch.equal(fused[still], x_adv[still])
 
 
 @pytest.mark.parametrize("norm", NORMS)
