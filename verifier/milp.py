@@ -61,6 +61,7 @@ class MilpResult:
     status: str  # "optimal", "above" (t* > the cutoff), "feasible", or HiGHS's message when it stopped early
     value: float  # t*: min over the box of max over the disjunct's rows of C y − d (nan when not optimal)
     point: np.ndarray | None  # the minimiser, input_shape
+    lower: float = float("nan")  # when optimal: HiGHS's dual bound on t* (<= value), the side a proof uses
 
     @property
     def holds(self) -> bool:
@@ -363,14 +364,17 @@ def solve(
     if result.status == 2 and cutoff is not None:  # no point reaches the cutoff: t* > cutoff
         return MilpResult("above", float(cutoff), None)
     if result.status == 2:  # infeasible: the split constraints leave no point
-        return MilpResult("optimal", np.inf, None)
-    if result.x is None or result.status != 0:
-        return MilpResult(
-            str(result.message), float("nan"), None if result.x is None else _point(result.x, n_in, chain)
-        )
+        return MilpResult("optimal", np.inf, None, np.inf)
+    dual = getattr(result, "mip_dual_bound", None)
+    if result.x is None or result.status != 0:  # stopped early: HiGHS's dual bound still holds, if it has one
+        point = None if result.x is None else _point(result.x, n_in, chain)
+        bound = float(dual) if dual is not None and np.isfinite(dual) and target is None and cutoff is None else -np.inf
+        return MilpResult(str(result.message), float("nan"), point, bound)
     if target is not None or cutoff is not None:
         return MilpResult("feasible", float(result.x[t_col]), _point(result.x, n_in, chain))
-    return MilpResult("optimal", float(result.x[t_col]), _point(result.x, n_in, chain))
+    value = float(result.x[t_col])
+    bound = min(value, float(dual)) if dual is not None and np.isfinite(dual) else value
+    return MilpResult("optimal", value, _point(result.x, n_in, chain), bound)
 
 
 def _strong_cuts(
@@ -430,6 +434,52 @@ def _strong_cuts(
                 np.concatenate([[1.0, -coef_a], -w[j][cols]]),
             )
     return False
+
+
+GROUP_NEURONS = 64  # `grouped_lower_bound`: hidden neurons per group (a SISA shard of the default MLP)
+
+
+def grouped_lower_bound(
+    chain: Chain,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    row: np.ndarray,
+    d: float,
+    time_limit: float | None = None,
+    group: int = GROUP_NEURONS,
+) -> float:
+    """A sound lower bound of min over the box of row·y − d for a one-hidden-layer chain, from exact
+    minima of its parts: row·y = row·b_2 + Σ_g f_g(x) with f_g(x) = Σ_{j∈g} (row·W_2)_j relu(W_1 x + b_1)_j
+    over consecutive groups g of `group` hidden neurons, and min Σ_g f_g >= Σ_g min f_g. Each part is the
+    exact MILP of a `group`-neuron net (HiGHS's dual bound at optimality), which HiGHS settles in a
+    fraction of a second where the whole net's MILP does not finish: SISA's mean of five 64-neuron
+    shards (320 neurons) at ε 0.15, where the parts' sum proved 8 of 8 samples in 2.6–5.2 s each and the
+    whole MILP 1 of 2 in 60 s. Looser than the exact minimum (the parts may each pick another x), so it
+    can only refute. A part HiGHS stops at its time limit adds its dual bound (still a lower bound);
+    −inf when it has none."""
+    if len(chain.hidden) != 1:
+        raise MilpError(f"the grouped bound needs one hidden layer, the chain has {len(chain.hidden)}")
+    started = time.perf_counter()
+    lo_in, hi_in = np.asarray(lower, np.float64).reshape(-1), np.asarray(upper, np.float64).reshape(-1)
+    (w1, w2), (b1, b2) = chain.weights, chain.biases
+    row = np.asarray(row, np.float64).reshape(-1)
+    v = row @ w2
+    total = float(row @ b2) - float(d)
+    pre_lo, pre_hi = interval_bounds(chain, lo_in, hi_in)
+    starts = range(0, len(v), group)
+    for i, start in enumerate(starts):
+        part = slice(start, start + group)
+        sub = Chain([w1[part], v[part][None, :]], [b1[part], np.zeros(1)], chain.input_shape)
+        left = None
+        if time_limit is not None:  # an equal part of what is left to each part still to solve
+            left = (time_limit - (time.perf_counter() - started)) / (len(starts) - i)
+            if left <= 0:
+                return -np.inf
+        result = solve(sub, lo_in, hi_in, np.ones((1, 1)), np.zeros(1), [pre_lo[part]], [pre_hi[part]], time_limit=left)
+        if not np.isfinite(result.lower):  # neither solved nor bounded by HiGHS in its time
+            return -np.inf
+        total += result.lower
+    return total
 
 
 def interval_bounds(chain: Chain, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -330,3 +330,33 @@ def test_input_splitting_halves_a_wide_dimension_the_gradient_ignores_and_never_
     # equal widths: gradient × width decides
     assert input_gain(coef, lo, lo + 0.1, 5).tolist() == [[4, 0, 1, 3, 2]]
     assert input_gain(coef, lo, lo, 1).shape == (1, 1)  # a point box: an index all the same
+
+
+def test_a_wide_one_hidden_layer_net_is_refuted_by_its_groups_only_where_the_milp_proves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """96 hidden neurons (more than GROUP_NEURONS): with LP leaves on, the root tries the sum of the
+    groups' exact minima before the whole MILP. On both sides of the robust radius BaB agrees with the
+    exact MILP (so no refutation of the groups' came where a counterexample exists), and the grouped
+    bound was asked at least once."""
+    import uverify.verifier.bab as bab_module
+
+    net = Tiny(5, tmp_path, hidden=(96,))
+    radius = _radius(net, 1)
+    asked: list[float] = []
+    real = bab_module.grouped_lower_bound
+
+    def recording(*args: object, **kwargs: object) -> float:
+        value = real(*args, **kwargs)  # type: ignore[arg-type]
+        asked.append(value)
+        return value
+
+    monkeypatch.setattr(bab_module, "grouped_lower_bound", recording)
+    bab = BranchAndBound(net.bounder, BabConfig(timeout_s=10, mode="relu"))
+    for eps in (radius * 0.9, radius * 1.1):
+        prop = net.prop(1, eps)
+        exact = net.exact(prop)
+        result = bab.verify_property(prop, referee=net.referee)
+        assert result.decided, (eps, result.status)
+        assert (result.status == "verified") == (exact > 0), (eps, exact, result.status)
+    assert asked, "the grouped bound was never tried"

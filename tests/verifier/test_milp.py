@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from uverify.verifier.milp import MILP_MARGIN, Chain, MilpError, chain_of, interval_bounds, solve
+from uverify.verifier.milp import (
+    MILP_MARGIN,
+    Chain,
+    MilpError,
+    chain_of,
+    grouped_lower_bound,
+    interval_bounds,
+    solve,
+)
 
 
 def _random_case(rng: np.random.Generator, depth: int) -> tuple[Chain, np.ndarray, np.ndarray, list, list]:
@@ -87,3 +95,23 @@ def test_one_hidden_layer_graphs_are_read_and_skips_refused() -> None:
     assert np.all(lo <= hi)
     with pytest.raises(MilpError):
         chain_of(MeanOfMlps(skip=True).eval(), (4,))
+
+
+def test_the_grouped_bound_is_below_the_exact_minimum_and_equal_with_one_group() -> None:
+    """milp.grouped_lower_bound sums the exact minima of groups of hidden neurons: never above the whole
+    net's exact minimum (it is used to refute), equal to it when one group holds every neuron."""
+    rng = np.random.default_rng(4)
+    for trial in range(4):
+        w1, b1 = rng.normal(size=(24, 5)), rng.normal(size=24) * 0.3
+        w2, b2 = rng.normal(size=(2, 24)), rng.normal(size=2)
+        chain = Chain([w1, w2], [b1, b2], (5,))
+        centre = rng.random(5)
+        lo, hi = centre - 0.4, centre + 0.4
+        row = np.array([1.0, -1.0])
+        pre_lo, pre_hi = interval_bounds(chain, lo, hi)
+        exact = solve(chain, lo, hi, row[None], np.zeros(1), [pre_lo], [pre_hi]).value
+        for group in (4, 8, 12):
+            assert grouped_lower_bound(chain, lo, hi, row, 0.0, group=group) <= exact + 1e-7, (trial, group)
+        assert grouped_lower_bound(chain, lo, hi, row, 0.0, group=24) == pytest.approx(exact, abs=1e-7)
+    with pytest.raises(MilpError, match="one hidden layer"):
+        grouped_lower_bound(Chain([w1, w1[:, :5].T, w2[:, :5]], [b1, b1[:5], b2], (5,)), lo, hi, row, 0.0)
