@@ -92,8 +92,9 @@ INPUT_SPLIT_MAX_DIMS = 16
 # lose a point the float64 program finds on the boundary
 EXACT_TARGET = 1e-6
 # one-hidden-layer nets wider than GROUP_NEURONS: at most this share of a disjunct's MILP time goes to the
-# sum of its groups' exact minima (milp.grouped_lower_bound) before the whole net's decision problem
+# sum of its groups' exact minima (milp.grouped_lower_bound), between two tries of the whole net's MILP
 GROUPED_SHARE = 0.6
+QUICK_MILP_S = 0.5  # ... after the whole net's decision problem has had this long (it settles most in 0.1 s)
 MODES = ("auto", "input", "relu")
 STOP_REASONS = ("verified", "falsified", "timeout", "memory", "exhausted")
 
@@ -266,8 +267,9 @@ class BranchAndBound:
         on its exact interval bounds, in up to `shallow_share` of the budget; a deeper chain after α-CROWN,
         on the root's layer bounds, in up to half `exact_share` (it has more binaries and BaB more to
         gain), and only when at most `exact_max_unstable` neurons are unstable. `exact_share` 0: none.
-        With `lp_leaves`, a one-hidden-layer net wider than GROUP_NEURONS tries first (in GROUPED_SHARE of
-        the disjunct's time) the sum of its neuron groups' exact minima, a bound that can only refute.
+        With `lp_leaves`, a one-hidden-layer net wider than GROUP_NEURONS tries, after up to QUICK_MILP_S
+        of the decision problem, the sum of its neuron groups' exact minima (in GROUPED_SHARE of the
+        disjunct's time), a bound that can only refute, and then the decision problem again.
         Without `lp_leaves` the MILP can only propose points: it then solves the feasibility problem
         (a point with C y − d <= −EXACT_TARGET; on mnistfc prop_0_0.05 HiGHS finds it in 7 s where the
         decision problem with cuts takes 16 s), in all of `exact_share`, and gives the worst-bounded
@@ -291,9 +293,25 @@ class BranchAndBound:
             if sum(int(((a < 0) & (b > 0)).sum()) for a, b in zip(lo, hi, strict=True)) > limit:
                 return LeafVerdict(False, None)
             mine = owner == k
-            if refutes and shallow and chain.hidden[0] > GROUP_NEURONS:
-                # the parts' exact minima first: cheap, and on SISA's ensembles often enough (milp.py)
+
+            def decide(limit: float) -> LeafVerdict:
+                result = solve(
+                    chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=limit, cutoff=MILP_MARGIN,
+                    cut_rounds=rounds,
+                )  # fmt: skip
+                return LeafVerdict(result.holds, result.point)
+
+            if not refutes:  # only a point can come of it: the feasibility problem finds one soonest
+                result = solve(chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, target=-EXACT_TARGET)
+                return LeafVerdict(False, result.point)
+            if shallow and chain.hidden[0] > GROUP_NEURONS:
+                # a short try of the whole net's decision problem (it settles most samples in a tenth
+                # of a second), then the groups' exact minima (milp.grouped_lower_bound: seconds, where
+                # the whole problem takes minutes), then the whole problem again in what is left
                 started = time.perf_counter()
+                quick = decide(min(QUICK_MILP_S, (1 - GROUPED_SHARE) * seconds))
+                if quick.holds or quick.point is not None:
+                    return quick
                 for r in np.flatnonzero(mine):
                     left = GROUPED_SHARE * seconds - (time.perf_counter() - started)
                     if left <= 0:
@@ -303,13 +321,7 @@ class BranchAndBound:
                 seconds -= time.perf_counter() - started
                 if seconds <= 0.05:
                     return LeafVerdict(False, None)
-            if not refutes:  # only a point can come of it: the feasibility problem finds one soonest
-                result = solve(chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, target=-EXACT_TARGET)
-                return LeafVerdict(False, result.point)
-            result = solve(
-                chain, lower, upper, C[mine], d[mine], lo, hi, time_limit=seconds, cutoff=MILP_MARGIN, cut_rounds=rounds
-            )
-            return LeafVerdict(result.holds, result.point)
+            return decide(seconds)
 
         refutes, rounds = self.config.lp_leaves, self.config.cut_rounds
         if shallow:
