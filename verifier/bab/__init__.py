@@ -309,9 +309,10 @@ class BranchAndBound:
                 # of a second), then the groups' exact minima (milp.grouped_lower_bound: seconds, where
                 # the whole problem takes minutes), then the whole problem again in what is left
                 started = time.perf_counter()
-                quick = decide(min(QUICK_MILP_S, (1 - GROUPED_SHARE) * seconds))
-                if quick.holds or quick.point is not None:
-                    return quick
+                if QUICK_MILP_S > 0:
+                    quick = decide(min(QUICK_MILP_S, (1 - GROUPED_SHARE) * seconds))
+                    if quick.holds or quick.point is not None:
+                        return quick
                 for r in np.flatnonzero(mine):
                     left = GROUPED_SHARE * seconds - (time.perf_counter() - started)
                     if left <= 0:
