@@ -291,7 +291,7 @@ def test_without_lp_leaves_the_milp_only_searches_for_points_worst_disjunct_long
 
     def recording(*args: object, **kwargs: object) -> object:
         calls.append(kwargs)
-        return real_solve(*args, **kwargs)  # type: ignore[arg-type]
+        return real_solve(*args, **kwargs)
 
     def never(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(len(points), dtype=bool), points
@@ -347,7 +347,7 @@ def test_a_wide_one_hidden_layer_net_is_refuted_by_its_groups_only_where_the_mil
     real = bab_module.grouped_lower_bound
 
     def recording(*args: object, **kwargs: object) -> float:
-        value = real(*args, **kwargs)  # type: ignore[arg-type]
+        value = real(*args, **kwargs)
         asked.append(value)
         return value
 
