@@ -29,9 +29,9 @@ Soundness: `verified` means every leaf of the tree had a certified lower bound o
 `CERTIFY_MARGIN` on one row of each disjunct, or was infeasible by its split constraints (pre-activation
 bounds crossing by more than that margin), or an exact LP leaf held by `MILP_MARGIN`; a disjunct the
 root's MILP refutes (no point with C y − d <= MILP_MARGIN, big-M from sound layer bounds, plus ideal
-cuts valid for every integer point), or whose row's sum of per-group exact minima (HiGHS's dual bounds,
-one-hidden-layer nets) exceeds MILP_MARGIN, is refuted on every leaf. Both exact verdicts need `lp_leaves`, the
-default; `uverify vnncomp` turns them off so that its `unsat` rests on bounds alone, and the MILP there
+cuts valid for every integer point), or whose row's sum of per-group exact minima (HiGHS's dual
+bounds, one-hidden-layer nets) exceeds MILP_MARGIN, is refuted on every leaf. Both exact verdicts need
+`lp_leaves`, the default; `uverify vnncomp` turns them off so that its `unsat` rests on bounds alone, and the MILP there
 only proposes points. Every α/β optimisation stops at the deadline (any step's bound is sound), every
 LP and MILP gets the time left as its limit, so a run overruns its budget by at most one bound call.
 """
