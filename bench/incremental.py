@@ -24,8 +24,8 @@ report is the same; a previous counterexample replayed on M′ could falsify a s
 not, so it cannot stand in for the attack), and where many samples stay uncertified (the mixture's
 majority vote at S=10: 55%) PGD is most of either check (the robust ones run all of its steps).
 `verifier.check` also imports and validates every member against onnxruntime (for a 10-member vote
-~0.35 s, one onnxruntime session per member) before the margins hook is asked, cached or not. What reuse removes is the bounds of the untouched
-shards: the `w/o PGD` column.
+~0.35 s, one onnxruntime session per member) before the margins hook is asked, cached or not. What
+reuse removes is the bounds of the untouched shards: the `w/o PGD` column.
 
 Run: `.venv/bin/python bench/incremental.py [--datasets mixture loan] [--shards 5 10] [--repeats 3]`.
 """
