@@ -19,9 +19,11 @@ re-renders the tables and re-checks nothing.
 
 Parallel: with a `compute` section (or `--workers`/`--scheduler`) the cells are the tasks: each runs
 whole (train, check, unlearn, check) on a worker, its progress lines echoed here in grid order when it
-is done. On Dask a SISA cell's shards are tasks of their own on the same cluster (`compute.sub_executor`:
-the cell waits for them outside its worker's thread pool), so a study uses more workers than it has
-cells; in a process pool they stay serial inside the cell (a pool's workers cannot submit to it). A
+is done. On Dask a SISA cell's shards, and each check's sample batches and branch-and-bound samples,
+are tasks of their own on the same cluster (`compute.sub_executor`: the cell waits for them outside
+its worker's thread pool), so a study uses more workers than it has cells and one slow cell (SISA's
+adversarial ensemble under `--complete`) is not a serial critical path; in a process pool they stay
+serial inside the cell (a pool's workers cannot submit to it). A
 cell writes its own run directory, so on a cluster `out` must be on a file system that every worker
 mounts at the same path; a worker that does not see it says so.
 """
@@ -417,7 +419,8 @@ def _run_cell(
 ) -> CellResult:
     """train -> keep a copy of M -> check M -> unlearn -> check M', each step skipped when its result
     is already there and still valid; the copy of M lets a changed property or attack re-check M
-    without retraining. SISA's shards train on `shards`."""
+    without retraining. SISA's shards train on `shards`, and both checks' sample batches and branch-
+    and-bound samples run there too."""
     spec, training, run_dir = cell.spec, cell.training, cell.run_dir
     method = spec.unlearning.method
     name = f"{cell.label}{method.display_name} {training}"
@@ -443,7 +446,7 @@ def _run_cell(
     before = _valid_report(before_path, digest, m_path)
     if before is None:
         echo(f"[{name}] checking M")
-        before = check(m_path, spec, samples, domain, progress=progress)
+        before = check(m_path, spec, samples, domain, progress=progress, executor=shards)
         save_report(before, before_path)
     else:
         reused.append("check M")
@@ -456,7 +459,7 @@ def _run_cell(
     after = _valid_report(after_path, digest, run.model_path)
     if after is None:
         echo(f"[{name}] checking M'")
-        after = check(run.model_path, spec, samples, domain, progress=progress)
+        after = check(run.model_path, spec, samples, domain, progress=progress, executor=shards)
         save_report(after, after_path)
     else:
         reused.append("check M'")

@@ -11,6 +11,7 @@ from uverify.compute import SERIAL, local_cluster, open_executor, sub_executor
 from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec
 from uverify.study import study
+from uverify.testing.reports import timeless
 
 from helpers import tiny_spec_dict
 
@@ -38,7 +39,9 @@ def _task_names(dask_scheduler: Any) -> list[str]:
     return sorted(dask_scheduler.task_prefixes)
 
 
-def test_a_sisa_cell_on_dask_trains_its_shards_as_tasks_with_the_serial_bytes(tmp_path: Path) -> None:
+def test_a_sisa_cell_on_dask_trains_its_shards_and_checks_its_batches_as_tasks_with_the_serial_bytes(
+    tmp_path: Path,
+) -> None:
     from distributed import Client
 
     spec = _spec()
@@ -52,11 +55,14 @@ def test_a_sisa_cell_on_dask_trains_its_shards_as_tasks_with_the_serial_bytes(tm
             compute=ComputeSpec(executor="dask", address=local.scheduler_address),
         )  # fmt: skip
         names = client.run_on_scheduler(_task_names)
-    # two cells (standard, adversarial), each training 3 shards and retraining the touched ones
-    assert "cell_task" in names and "train_shard" in names  # Dask drops the leading underscore
+    # two cells (standard, adversarial), each training 3 shards and retraining the touched ones, and
+    # each check's bound batches as tasks of their own (a slow cell's check is not a serial critical path)
+    assert "cell_task" in names and "train_shard" in names and "bound_task" in names  # Dask drops the "_"
     for a, b in zip(serial.cells, dask.cells, strict=True):
         assert _model_bytes(a.run) == _model_bytes(b.run)
         assert a.before.model.sha256 == b.before.model.sha256 and a.after.model.sha256 == b.after.model.sha256
+        for x, y in ((a.before, b.before), (a.after, b.after)):
+            assert timeless(x.model_dump(mode="json")) == timeless(y.model_dump(mode="json"))
 
 
 def test_outside_a_dask_task_the_sub_executor_is_serial_and_an_open_executor_is_kept_open() -> None:
