@@ -23,9 +23,9 @@ is done. On Dask a SISA cell's shards, and each check's sample batches and branc
 are tasks of their own on the same cluster (`compute.sub_executor`: the cell waits for them outside
 its worker's thread pool), so a study uses more workers than it has cells and one slow cell (SISA's
 adversarial ensemble under `--complete`) is not a serial critical path; in a process pool they stay
-serial inside the cell (a pool's workers cannot submit to it). A
-cell writes its own run directory, so on a cluster `out` must be on a file system that every worker
-mounts at the same path; a worker that does not see it says so.
+serial inside the cell (a pool's workers cannot submit to it). A cell writes its own run directory, so
+on a cluster `out` must be on a file system that every worker mounts at the same path; a worker that
+does not see it says so.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class MilpResult:
     status: str  # "optimal", "above" (t* > the cutoff), "feasible", or HiGHS's message when it stopped early
     value: float  # t*: min over the box of max over the disjunct's rows of C y − d (nan when not optimal)
     point: np.ndarray | None  # the minimiser, input_shape
-    lower: float = float("nan")  # when optimal: HiGHS's dual bound on t* (<= value), the side a proof uses
+    lower: float = float("nan")  # HiGHS's dual bound on t* (<= value; also when stopped early), what a proof uses
 
     @property
     def holds(self) -> bool:
@@ -445,6 +445,8 @@ def grouped_lower_bound(
     upper: np.ndarray,
     row: np.ndarray,
     d: float,
+    pre_lower: np.ndarray,
+    pre_upper: np.ndarray,
     time_limit: float | None = None,
     group: int = GROUP_NEURONS,
 ) -> float:
@@ -456,7 +458,8 @@ def grouped_lower_bound(
     shards (320 neurons) at ε 0.15, where the parts' sum proved 8 of 8 samples in 2.6–5.2 s each and the
     whole MILP 1 of 2 in 60 s. Looser than the exact minimum (the parts may each pick another x), so it
     can only refute. A part HiGHS stops at its time limit adds its dual bound (still a lower bound);
-    −inf when it has none."""
+    −inf when it has none. `pre_lower`/`pre_upper`: the hidden layer's pre-activation bounds over the
+    box (`interval_bounds`), as `solve` takes them."""
     if len(chain.hidden) != 1:
         raise MilpError(f"the grouped bound needs one hidden layer, the chain has {len(chain.hidden)}")
     started = time.perf_counter()
@@ -465,7 +468,7 @@ def grouped_lower_bound(
     row = np.asarray(row, np.float64).reshape(-1)
     v = row @ w2
     total = float(row @ b2) - float(d)
-    pre_lo, pre_hi = interval_bounds(chain, lo_in, hi_in)
+    pre_lo, pre_hi = np.asarray(pre_lower, np.float64).reshape(-1), np.asarray(pre_upper, np.float64).reshape(-1)
     starts = range(0, len(v), group)
     for i, start in enumerate(starts):
         part = slice(start, start + group)

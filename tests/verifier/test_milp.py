@@ -111,7 +111,11 @@ def test_the_grouped_bound_is_below_the_exact_minimum_and_equal_with_one_group()
         pre_lo, pre_hi = interval_bounds(chain, lo, hi)
         exact = solve(chain, lo, hi, row[None], np.zeros(1), [pre_lo], [pre_hi]).value
         for group in (4, 8, 12):
-            assert grouped_lower_bound(chain, lo, hi, row, 0.0, group=group) <= exact + 1e-7, (trial, group)
-        assert grouped_lower_bound(chain, lo, hi, row, 0.0, group=24) == pytest.approx(exact, abs=1e-7)
+            assert grouped_lower_bound(chain, lo, hi, row, 0.0, pre_lo, pre_hi, group=group) <= exact + 1e-7, (
+                trial,
+                group,
+            )
+        assert grouped_lower_bound(chain, lo, hi, row, 0.0, pre_lo, pre_hi, group=24) == pytest.approx(exact, abs=1e-7)
     with pytest.raises(MilpError, match="one hidden layer"):
-        grouped_lower_bound(Chain([w1, w1[:, :5].T, w2[:, :5]], [b1, b1[:5], b2], (5,)), lo, hi, row, 0.0)
+        deep = Chain([w1, w1[:, :5].T, w2[:, :5]], [b1, b1[:5], b2], (5,))
+        grouped_lower_bound(deep, lo, hi, row, 0.0, pre_lo, pre_hi)

@@ -317,7 +317,8 @@ class BranchAndBound:
                     left = GROUPED_SHARE * seconds - (time.perf_counter() - started)
                     if left <= 0:
                         break
-                    if grouped_lower_bound(chain, lower, upper, C[r], d[r], time_limit=left) > MILP_MARGIN:
+                    bound = grouped_lower_bound(chain, lower, upper, C[r], d[r], lo[0], hi[0], time_limit=left)
+                    if bound > MILP_MARGIN:
                         return LeafVerdict(True, None)
                 seconds -= time.perf_counter() - started
                 if seconds <= 0.05:
