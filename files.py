@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash half-way leaves the previous file intact, never a truncated one."""
+"""Atomic file writes (a crash half-way leaves the previous file intact, never a truncated one), and
+where uverify's caches live."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ from typing import Any
 import numpy as np
 
 from uverify.errors import UverifyError, one_line
+
+
+def cache_dir() -> Path:
+    """$UVERIFY_CACHE_DIR, else $XDG_CACHE_HOME/uverify, else ~/.cache/uverify: what is only kept for
+    speed (the parsed loan table, ONNX export templates); deleting it never changes a result."""
+    if os.environ.get("UVERIFY_CACHE_DIR"):
+        return Path(os.environ["UVERIFY_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "uverify"
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

@@ -12,11 +12,22 @@ initializers are the model's state-dict tensors by name and shape (the dynamo ex
 or constants no weight can have made (integer shapes, scalars), so no weight-derived constant can go
 stale; the file is byte for byte what a fresh export
 writes (tested), and onnxruntime still checks every file against torch before it is written.
+
+A template is also stored in the cache folder (`files.cache_dir()/onnx/`), named by a sha256 of the
+structure, the versions of torch, onnx and onnxscript and the source of every non-torch module class
+in the model, so a new process (a Dask or pool worker, the next `uverify` command) skips the exporter
+too: its first export of an architecture was ~1.2 s of exporter imports and tracing. A stored template
+that cannot be read, does not fit the model, or whose file onnxruntime does not find equal to torch is
+traced afresh and replaced, never trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import hashlib
+import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -32,8 +43,8 @@ import onnx
 import torch
 from torch import nn
 
-from uverify.errors import ExportError, ModelError, one_line
-from uverify.files import atomic_write_bytes
+from uverify.errors import ExportError, ModelError, UverifyError, one_line
+from uverify.files import atomic_write_bytes, cache_dir
 from uverify.models.referee import agreement
 
 OPSET = 18
@@ -66,21 +77,52 @@ def export_onnx(
     model = model.eval().float()
     example = torch.from_numpy(np.ascontiguousarray(samples[: min(len(samples), 8)]))
     structure = _structure_key(model, example)
-    template = _TEMPLATES.get(structure)
-    proto = _with_weights(template, model) if template is not None else _traced(model, example, structure)
     props = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
+    template = _TEMPLATES.get(structure)
+    if template is not None:  # traced in this process
+        proto = _with_weights(template, model.state_dict())
+        data, diff = _finished(proto, props, model, samples)
+    elif (stored := _from_stored(structure, model, props, samples)) is not None:
+        proto, data, diff = stored
+    else:
+        proto = _traced(model, example, structure)
+        data, diff = _finished(proto, props, model, samples)
+    atomic_write_bytes(path, data)
+    return ExportReport(Path(path), diff, sorted({n.op_type for n in proto.graph.node}), OPSET, props)
+
+
+def _finished(
+    proto: onnx.ModelProto, props: dict[str, str], model: nn.Module, samples: np.ndarray
+) -> tuple[bytes, float]:
+    """The file's bytes and onnxruntime's max |logit diff| to torch, after both checks passed."""
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-
     check = agreement(model, data, samples)
     diff = check.max_abs_diff
     if not check.within(MAX_ABS_DIFF, relative=False):  # logits of our own models are O(10): absolute suffices
         raise ExportError(
             f"ONNX export of {type(model).__name__} disagrees with torch: max |logit diff| {diff:.3g} > {MAX_ABS_DIFF}"
         )
-    atomic_write_bytes(path, data)
-    return ExportReport(Path(path), diff, sorted({n.op_type for n in proto.graph.node}), OPSET, props)
+    return data, diff
+
+
+def _from_stored(
+    key: tuple[Any, ...], model: nn.Module, props: dict[str, str], samples: np.ndarray
+) -> tuple[onnx.ModelProto, bytes, float] | None:
+    """The model's file from the template another process stored, when that file passes both checks
+    (then the template is kept for this process too); None when there is none or it does not compute
+    this model (it is then traced afresh, and the stored file replaced)."""
+    template = _stored_template(key, model)
+    if template is None:
+        return None
+    try:
+        proto = _with_weights(template, model.state_dict())
+        data, diff = _finished(proto, props, model, samples)
+    except Exception:  # a damaged or foreign graph, whatever the checker or onnxruntime raise: not trusted
+        return None
+    _remember(key, template)
+    return proto, data, diff
 
 
 _TEMPLATES: dict[tuple[Any, ...], onnx.ModelProto] = {}  # structure key -> exported graph, this process
@@ -125,12 +167,63 @@ def _traced(model: nn.Module, example: torch.Tensor, key: tuple[Any, ...]) -> on
         # would make the file's bytes depend on where uverify is installed, and leak local paths
         del node.metadata_props[:]
     if _swappable(proto, model.state_dict()):
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.pop(next(iter(_TEMPLATES)))
         template = onnx.ModelProto()
         template.CopyFrom(proto)
-        _TEMPLATES[key] = template
+        _remember(key, template)
+        _store_template(key, model, template)
     return proto
+
+
+def _remember(key: tuple[Any, ...], template: onnx.ModelProto) -> None:
+    if len(_TEMPLATES) >= _MAX_TEMPLATES:
+        _TEMPLATES.pop(next(iter(_TEMPLATES)))
+    _TEMPLATES[key] = template
+
+
+TEMPLATE_FORMAT = 1  # bump when what a stored template holds changes: older files are then ignored
+
+
+def _template_folder() -> Path:
+    return cache_dir() / "onnx"
+
+
+def _template_file(key: tuple[Any, ...], model: nn.Module) -> Path | None:
+    """Where the template of `key` is stored: named by everything that fixes the exported graph (the
+    structure, the exporter's versions, our module classes' source); None where a class has no source."""
+    sources = []
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+        if cls.__module__.split(".")[0] == "torch":
+            continue  # fixed by torch's version
+        try:
+            sources.append(inspect.getsource(cls))
+        except (OSError, TypeError):
+            return None
+    versions = [importlib.metadata.version(name) for name in ("torch", "onnx", "onnxscript")]
+    digest = hashlib.sha256(repr((TEMPLATE_FORMAT, key, versions, sources)).encode("utf-8")).hexdigest()
+    return _template_folder() / f"{digest}.onnx"
+
+
+def _stored_template(key: tuple[Any, ...], model: nn.Module) -> onnx.ModelProto | None:
+    """The template another process stored for this structure, when it reads and fits the model (the
+    file it gives is still checked against torch before it counts)."""
+    path = _template_file(key, model)
+    if path is None or not path.is_file():
+        return None
+    try:
+        template = onnx.load_from_string(path.read_bytes())
+    except Exception:  # a damaged file (protobuf raises its own types): traced afresh and replaced
+        return None
+    return template if _swappable(template, model.state_dict()) else None
+
+
+def _store_template(key: tuple[Any, ...], model: nn.Module, template: onnx.ModelProto) -> None:
+    path = _template_file(key, model)
+    if path is not None:
+        # stored with zeros for weights: the cache holds no model's parameters (a deleted sample's
+        # trace among them), only the graph
+        zeros = {name: torch.zeros_like(tensor) for name, tensor in model.state_dict().items()}
+        with contextlib.suppress(UverifyError):  # an unwritable cache folder only costs the speed
+            atomic_write_bytes(path, _with_weights(template, zeros).SerializeToString())
 
 
 def _swappable(proto: onnx.ModelProto, state: dict[str, torch.Tensor]) -> bool:
@@ -146,11 +239,10 @@ def _swappable(proto: onnx.ModelProto, state: dict[str, torch.Tensor]) -> bool:
     return True
 
 
-def _with_weights(template: onnx.ModelProto, model: nn.Module) -> onnx.ModelProto:
-    """The template graph carrying `model`'s tensors, each in the encoding the exporter gave its own."""
+def _with_weights(template: onnx.ModelProto, state: dict[str, torch.Tensor]) -> onnx.ModelProto:
+    """The template graph carrying the state dict's tensors, each in the encoding the exporter gave its own."""
     proto = onnx.ModelProto()
     proto.CopyFrom(template)
-    state = model.state_dict()
     for initializer in proto.graph.initializer:
         if initializer.name not in state:
             continue  # a constant of the graph (see `_swappable`)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,21 +18,13 @@ import numpy as np
 
 from uverify.datasets.loan.parsing import Parsed
 from uverify.errors import UverifyError
-from uverify.files import atomic_write_npz, read_npz, sha256_file
+from uverify.files import atomic_write_npz, cache_dir, read_npz, sha256_file
 
 CACHE_VERSION = 1  # bump when parsing changes: older caches are then ignored
 _KEYS = ("meta", "ids", "y", "raw")
 # What a damaged or foreign entry raises beyond read_npz's UverifyError: bad JSON or arrays in the wrong
 # places (ValueError, KeyError, TypeError), a corrupt compressed member (zlib.error).
 _DAMAGED = (UverifyError, ValueError, KeyError, TypeError, zlib.error)
-
-
-def cache_dir() -> Path:
-    """$UVERIFY_CACHE_DIR, else $XDG_CACHE_HOME/uverify, else ~/.cache/uverify."""
-    if os.environ.get("UVERIFY_CACHE_DIR"):
-        return Path(os.environ["UVERIFY_CACHE_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "uverify"
 
 
 def read_cached(path: Path, parse: Callable[[Path], Parsed]) -> Parsed:
