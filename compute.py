@@ -227,10 +227,14 @@ class DaskExecutor(_Parallel):
         self.workers = workers
         self.threads = threads
 
+    priority = 0  # among tasks waiting for a slot, Dask runs the higher priority first
+
     def submit(self, fn: Callable[..., R], /, *args: Any) -> TaskFuture[R]:
         # keyed by the task's own name (not the wrapper's), as the scheduler's logs and dashboard show it
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
-        future: TaskFuture[R] = self.client.submit(_with_threads, self.threads, fn, *args, key=key, pure=False)
+        future: TaskFuture[R] = self.client.submit(
+            _with_threads, self.threads, fn, *args, key=key, pure=False, priority=self.priority
+        )
         return future
 
     def share(self, value: Any) -> Any:
@@ -242,7 +246,11 @@ class _SubTasks(DaskExecutor):
     """A Dask task's own sub-tasks (a study cell's SISA shards) on the task's cluster. While it waits
     for them the task leaves its worker's thread pool (`secede`), so that a waiting task never holds
     the slot its sub-tasks need (with every slot held by a waiting cell, nothing would run), and it
-    rejoins before going on, which waits for a free slot (no more tasks run than there are slots)."""
+    rejoins before going on, which waits for a free slot (no more tasks run than there are slots).
+    The sub-tasks go before every waiting top-level task (another study cell): a slot a waiting task
+    freed runs its own sub-tasks, not a new cell that would hold the slot while the first waits to rejoin."""
+
+    priority = 1
 
     def map(self, fn: Callable[..., R], tasks: Iterable[Sequence[Any]]) -> Iterator[R]:
         return iter(self.gather([self.submit(fn, *args) for args in tasks]))
