@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from uverify.pipeline import train_run
 from uverify.specs.load import validate_spec
 from uverify.specs.schema import ComputeSpec, Spec
 from uverify.testing.reports import timeless
-from uverify.verifier.check import check
+from uverify.verifier.check import TASKS_PER_WORKER, check
 from uverify.verifier.samples import samples_from_spec
 
 from helpers import tiny_spec_dict
@@ -92,6 +93,39 @@ def test_serial_processes_and_dask_give_the_same_check(
         report, arrays = _report_and_cex(model, spec, executor, tmp_path, name)
         assert report == reference, name  # margins are floats from float32 bounds: == is to the last bit
         _same_arrays(arrays, cex)
+
+
+class _Counting(compute.SerialExecutor):
+    """Runs every task here, as the serial executor does, but passes for a parallel one of `workers`
+    workers (so the check hands it tasks), and counts the tasks by function."""
+
+    kind = "counting"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.calls: Counter[str] = Counter()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        self.calls[fn.__name__] += 1
+        return super().submit(fn, *args)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8])
+def test_an_epsilons_batches_go_out_in_at_most_two_tasks_per_worker_with_the_serial_numbers(
+    workers: int, trained: tuple[Spec, Path, Path], tmp_path: Path
+) -> None:
+    spec, model, _ = trained
+    reference, cex = _report_and_cex(model, spec, compute.SERIAL, tmp_path, "serial")
+    counting = _Counting(workers)
+    report, arrays = _report_and_cex(model, spec, counting, tmp_path, "counting")
+    assert report == reference  # grouping batches into tasks changes no number
+    _same_arrays(arrays, cex)
+    correct = len(reference["samples"]) - reference["results"][0]["counts"]["misclassified"]
+    batches = -(-correct // spec.verify.batch_size)  # per epsilon
+    per_task = -(-batches // (TASKS_PER_WORKER * workers))
+    assert counting.calls["_bound_task"] == len(spec.property.epsilon) * -(-batches // per_task)
+    if workers == 1:  # fewer tasks than batches
+        assert counting.calls["_bound_task"] <= TASKS_PER_WORKER * len(spec.property.epsilon) < batches * 2
 
 
 def test_a_worker_loads_the_model_once(trained: tuple[Spec, Path, Path], executors: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import onnx
@@ -102,6 +102,10 @@ MAX_EXTERNAL_ERRORS = 5  # distinct error messages of the external solver kept i
 # An external solver's assignment may sit this far (relative to max(1, |bound|)) outside the box it was
 # given, the rounding of a printed decimal; onnxruntime then judges the point pulled into the ball.
 ASSIGNMENT_TOLERANCE = 1e-6
+# an epsilon's bound (or attack) batches go out in at most this many tasks per worker: enough for the
+# tasks to even out across the workers, few enough that dispatch does not cost what they compute
+TASKS_PER_WORKER = 2
+T = TypeVar("T")
 
 
 class SoundnessError(RuntimeError):
@@ -382,9 +386,10 @@ class _Checker:
         if self.context is None:
             return (self._bound_batch(todo[start : start + size], eps) for start in self._starts(todo))
         inputs = self.inputs
+        batches = [todo[start : start + size] for start in self._starts(todo)]
         futures = [
-            self.executor.submit(_bound_task, self.context, inputs.x[idx], inputs.y[idx], eps)
-            for idx in (todo[start : start + size] for start in self._starts(todo))
+            self.executor.submit(_bound_task, self.context, [(inputs.x[idx], inputs.y[idx]) for idx in group], eps)
+            for group in self._per_task(batches)
         ]
         return self._in_order(futures)
 
@@ -399,15 +404,25 @@ class _Checker:
             return (self._attack_batch(idx, eps, own, margins[idx]) for idx, own in chunks)
         inputs = self.inputs
         futures = []
-        for idx, own in chunks:
-            rows = (inputs.x[idx], inputs.y[idx], inputs.prediction[idx], inputs.ids[idx])
-            futures.append(self.executor.submit(_attack_task, self.context, rows, eps, own, margins[idx]))
+        for group in self._per_task(chunks):
+            batches = [
+                ((inputs.x[idx], inputs.y[idx], inputs.prediction[idx], inputs.ids[idx]), own, margins[idx])
+                for idx, own in group
+            ]
+            futures.append(self.executor.submit(_attack_task, self.context, batches, eps))
         return self._in_order(futures)
 
+    def _per_task(self, batches: list[T]) -> list[list[T]]:
+        """An epsilon's batches as tasks of consecutive batches, at most TASKS_PER_WORKER per worker:
+        a CROWN batch of a small model takes a few ms, about what dispatching it costs on Dask. Each
+        batch is still computed on its own (its bounds, its seed), so grouping changes no number."""
+        per = max(1, -(-len(batches) // (TASKS_PER_WORKER * max(1, self.executor.workers))))
+        return [batches[start : start + per] for start in range(0, len(batches), per)]
+
     def _in_order(self, futures: list[Any]) -> Iterator[Any]:
-        """The futures' results one by one, in task order (lazily: the progress bar moves)."""
+        """The tasks' batch results one by one, in batch order (lazily: the progress bar moves)."""
         for future in futures:
-            yield self.executor.gather([future])[0]
+            yield from self.executor.gather([future])[0]
 
     def _bound_batch(self, idx: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
         """The margin lower bounds of the samples `idx` at `eps`, and the seconds they took."""
@@ -574,7 +589,7 @@ class _Checker:
         else:  # every unknown sample a task, submitted at once
             futures = [self.executor.submit(_decide_task, self.context, inputs.x[i], int(inputs.y[i]), eps)
                        for i in unknown]  # fmt: skip
-            decisions = self._in_order(futures)
+            decisions = (self.executor.gather([future])[0] for future in futures)  # lazily: the bar moves
         for i, decision in tqdm(
             zip(unknown, decisions, strict=True), total=len(unknown), desc=f"branch and bound at {eps:g}",
             unit="sample", disable=None if self.progress else True,
@@ -887,28 +902,34 @@ def _loaded(context: _WorkerContext) -> _Loaded:
     return loaded
 
 
-def _bound_task(context: _WorkerContext, x: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
-    """One batch's margin lower bounds on a worker, and the seconds they took."""
+def _bound_task(
+    context: _WorkerContext, batches: list[tuple[np.ndarray, np.ndarray]], eps: float
+) -> list[tuple[np.ndarray, float]]:
+    """Each batch's (x, y) margin lower bounds on a worker, and the seconds they took."""
     loaded = _loaded(context)
-    # bounds need only x and y: the prediction and ids, which the attack side reports, are placeholders
-    inputs = _Inputs(x, y, y, context.lower, context.upper, 0.0, np.arange(len(x)), context.num_classes)
-    checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
-    return checker._bound_batch(np.arange(len(x)), eps)
+    out = []
+    for x, y in batches:
+        # bounds need only x and y: the prediction and ids, which the attack side reports, are placeholders
+        inputs = _Inputs(x, y, y, context.lower, context.upper, 0.0, np.arange(len(x)), context.num_classes)
+        checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
+        out.append(checker._bound_batch(np.arange(len(x)), eps))
+    return out
 
 
 def _attack_task(
     context: _WorkerContext,
-    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    batches: list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], int, np.ndarray]],
     eps: float,
-    seed: int,
-    min_lb: np.ndarray,
-) -> _BatchResult:
-    """PGD and onnxruntime on a batch of samples (x, y, prediction, ids) on a worker, as `_Checker` does."""
+) -> list[_BatchResult]:
+    """PGD and onnxruntime on each batch ((x, y, prediction, ids), its seed, its margin lower bounds)
+    on a worker, as `_Checker` does."""
     loaded = _loaded(context)
-    x, y, prediction, ids = rows
-    inputs = _Inputs(x, y, prediction, context.lower, context.upper, 0.0, ids, context.num_classes)
-    checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
-    return checker._attack_batch(np.arange(len(x)), eps, seed, min_lb)
+    out = []
+    for (x, y, prediction, ids), seed, min_lb in batches:
+        inputs = _Inputs(x, y, prediction, context.lower, context.upper, 0.0, ids, context.num_classes)
+        checker = _Checker(loaded.target, context.spec, inputs, context.cross_check, bounders=loaded.bounders)
+        out.append(checker._attack_batch(np.arange(len(x)), eps, seed, min_lb))
+    return out
 
 
 def _decide_task(context: _WorkerContext, x: np.ndarray, y: int, eps: float) -> SampleDecision:
