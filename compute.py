@@ -221,13 +221,12 @@ class DaskExecutor(_Parallel):
     on another worker (the task is pure, so the result is the same)."""
 
     kind = "dask"
+    priority = 0  # among tasks waiting for a slot, Dask runs the higher priority first
 
     def __init__(self, client: Any, workers: int, threads: int) -> None:
         self.client = client
         self.workers = workers
         self.threads = threads
-
-    priority = 0  # among tasks waiting for a slot, Dask runs the higher priority first
 
     def submit(self, fn: Callable[..., R], /, *args: Any) -> TaskFuture[R]:
         # keyed by the task's own name (not the wrapper's), as the scheduler's logs and dashboard show it
