@@ -320,6 +320,18 @@ class _EpsilonOutcome:
     external: list[SampleExternal | None] | None = None  # per sample, the external solver's answer
 
 
+@dataclass
+class _Bounded:
+    """An epsilon after its bounds: verdicts so far, margin lower bounds, the bounds' seconds, the samples
+    left to attack and their attack batches' results (in batch order)."""
+
+    verdicts: np.ndarray
+    margins: np.ndarray
+    seconds_bounds: float
+    attacked: np.ndarray
+    attacks: Iterator[_BatchResult]
+
+
 class _Checker:
     """Bounds first, a batch at a time; then PGD on every sample they left, then onnxruntime on what PGD
     found, a batch of those at a time."""
@@ -370,9 +382,12 @@ class _Checker:
         epsilons = self.spec.property.epsilon
         bar = tqdm(total=len(epsilons) * batches, desc="check", unit="batch", disable=None if progress else True)
         self.progress = progress
-        try:  # on an executor every epsilon's bound batches are submitted at once, read back in order
+        try:  # on an executor every epsilon's bound batches are submitted at once, read back in order,
+            # and each epsilon's attacks as soon as its bounds are in, before any attack is read: the
+            # workers go from one epsilon's work to the next without waiting for this process
             bounds = [self._bounds(eps, todo) for eps in epsilons]
-            return [self._epsilon(k, eps, todo, bounds[k], bar) for k, eps in enumerate(epsilons)]
+            staged = [self._bounded(eps, todo, bounds[k], bar) for k, eps in enumerate(epsilons)]
+            return [self._epsilon(k, eps, staged[k]) for k, eps in enumerate(epsilons)]
         finally:
             bar.close()
 
@@ -439,24 +454,30 @@ class _Checker:
         verdicts, rejected = self._attack_and_confirm(idx, eps, min_lb, generator, timing, found)
         return _BatchResult(verdicts, min_lb, rejected, found, timing)
 
-    def _epsilon(
-        self, k: int, eps: float, todo: np.ndarray, bounds: Iterable[tuple[np.ndarray, float]], bar: Any
-    ) -> _EpsilonOutcome:
+    def _bounded(self, eps: float, todo: np.ndarray, bounds: Iterable[tuple[np.ndarray, float]], bar: Any) -> _Bounded:
+        """An epsilon's margins from its bound batches, the samples they certified, and the attacks on
+        the rest (under way on an executor, computed when read serially)."""
         n = len(self.inputs.x)
         verdicts = np.full(n, "misclassified", dtype=object)
         margins = np.full(n, np.nan)
-        found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
-        timing = {"bounds": 0.0, "attack": 0.0, "referee": 0.0}
-        rejected = 0
+        seconds_bounds = 0.0
         batch = self.spec.verify.batch_size
         for start, (part, seconds) in zip(self._starts(todo), bounds, strict=True):
             margins[todo[start : start + batch]] = part
-            timing["bounds"] += seconds
+            seconds_bounds += seconds
             bar.update(1)
         is_verified = verified(torch.from_numpy(margins[todo][:, None])).numpy()
         verdicts[todo[is_verified]] = "verified"
         attacked = todo if self.cross_check else todo[~is_verified]
-        for start, result in zip(self._starts(attacked), self._attacks(eps, attacked, margins), strict=True):
+        return _Bounded(verdicts, margins, seconds_bounds, attacked, self._attacks(eps, attacked, margins))
+
+    def _epsilon(self, k: int, eps: float, staged: _Bounded) -> _EpsilonOutcome:
+        verdicts, margins, attacked = staged.verdicts, staged.margins, staged.attacked
+        found: dict[str, list[np.ndarray]] = {key: [] for key in COUNTEREXAMPLE_KEYS}
+        timing = {"bounds": staged.seconds_bounds, "attack": 0.0, "referee": 0.0}
+        rejected = 0
+        batch = self.spec.verify.batch_size
+        for start, result in zip(self._starts(attacked), staged.attacks, strict=True):
             verdicts[attacked[start : start + batch]] = result.verdicts
             rejected += result.rejected
             for key in COUNTEREXAMPLE_KEYS:
